@@ -1,0 +1,51 @@
+// Operator schemas for every fcn_kernels op, and the Python module init.
+// Kernels live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL); autograd,
+// fake kernels and the public Python API live in fcn_kernels/*.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import fcn_kernels._C` loads this shared library, which runs the registrations
+// below. No Python functions are bound: everything goes through torch.ops.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "fcn_kernels operator library", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fcn_kernels, m) {
+  // --- bilinear upsampling (== F.interpolate(mode="bilinear")) -------------------
+  // scale_h / scale_w: the user's scale factors when given (they change the source
+  // index rule exactly as in ATen), None when the output size was given.
+  m.def(
+      "bilinear_upsample(Tensor self, SymInt[2] output_size, bool align_corners, "
+      "float? scale_h, float? scale_w) -> Tensor");
+  m.def(
+      "bilinear_upsample_backward(Tensor grad_output, SymInt[4] input_size, "
+      "bool align_corners, float? scale_h, float? scale_w) -> Tensor");
+
+  // --- max unpooling (== F.max_unpool2d) -----------------------------------------
+  m.def(
+      "max_unpool2d(Tensor self, Tensor indices, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, SymInt[2] output_size) -> Tensor");
+  m.def(
+      "max_unpool2d_backward(Tensor grad_output, Tensor indices, int[2] kernel_size, "
+      "int[2] stride, int[2] padding) -> Tensor");
+
+  // --- fused transposed convolution + crop ---------------------------------------
+  // == F.conv_transpose2d(...)[..., offset[0]:offset[0]+size[0],
+  //                                 offset[1]:offset[1]+size[1]]
+  m.def(
+      "conv_transpose2d_crop(Tensor self, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] output_padding, int groups, int[2] dilation, "
+      "int[2] offset, SymInt[2] size) -> Tensor");
+  m.def(
+      "conv_transpose2d_crop_backward_input(Tensor grad_output, Tensor weight, "
+      "SymInt[4] input_size, int[2] stride, int[2] padding, int groups, "
+      "int[2] dilation, int[2] offset) -> Tensor");
+  m.def(
+      "conv_transpose2d_crop_backward_weight(Tensor grad_output, Tensor self, "
+      "SymInt[4] weight_size, int[2] stride, int[2] padding, int groups, "
+      "int[2] dilation, int[2] offset) -> Tensor");
+}

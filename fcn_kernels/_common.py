@@ -1,0 +1,54 @@
+"""Argument checks and layout rules shared by the operator wrappers."""
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_tensor4d(t, name: str) -> None:
+    """A 4-D floating point tensor, or a clear TypeError/ValueError naming `name`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+
+
+def pair(value, name: str, kind=numbers.Integral):
+    """Expand an int (or float, with kind=numbers.Real) or a 2-sequence to a tuple of 2."""
+    if isinstance(value, (list, tuple, torch.Size)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a number or a pair, got {value!r}")
+        items = tuple(value)
+    else:
+        items = (value, value)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (kind, torch.SymInt, torch.SymFloat)):
+            what = "integers" if kind is numbers.Integral else "numbers"
+            raise TypeError(f"{name} must be {what}, got {value!r}")
+    return items
+
+
+def check_finite_positive(values, name: str) -> None:
+    for v in values:
+        if isinstance(v, (torch.SymInt, torch.SymFloat)):
+            continue
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be finite and positive, got {values!r}")
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """The layout rule of csrc/common.h layout_of(): the C++ kernels produce a
+    channels_last result exactly when this is true."""
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def empty_like_layout(like: torch.Tensor, shape) -> torch.Tensor:
+    """An empty tensor of `shape` in the layout the kernels use for `like` (fake kernels)."""
+    fmt = torch.channels_last if is_channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)

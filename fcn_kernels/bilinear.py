@@ -1,0 +1,84 @@
+"""Bilinear upsampling: ``torch.ops.fcn_kernels.bilinear_upsample`` and its autograd."""
+import math
+import numbers
+
+import torch
+
+from ._common import check_finite_positive, check_tensor4d, empty_like_layout, pair
+
+_ops = torch.ops.fcn_kernels
+
+
+def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False):
+    """Bilinear resize of a 4-D tensor; same result as
+    ``F.interpolate(x, size, scale_factor, mode="bilinear", align_corners=align_corners)``
+    (with ``recompute_scale_factor`` left at its default).
+
+    size: int or (H, W). scale_factor: number or (sh, sw), non-integer allowed; the
+    output is ``floor(in * scale)`` and, as in ATen, the given scale (not the size
+    ratio) defines the source positions when ``align_corners=False``.
+    The output is channels_last when the input is. Backward is deterministic.
+    """
+    check_tensor4d(x, "input")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
+    if size is not None and scale_factor is not None:
+        raise ValueError("only one of size or scale_factor should be defined")
+    if size is None and scale_factor is None:
+        raise ValueError("either size or scale_factor should be defined")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"input must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
+    if size is not None:
+        out = pair(size, "size")
+        if any(not isinstance(v, torch.SymInt) and v <= 0 for v in out):
+            raise ValueError(f"size must be positive, got {size!r}")
+        scales = (None, None)
+    else:
+        scales = pair(scale_factor, "scale_factor", numbers.Real)
+        check_finite_positive(scales, "scale_factor")
+        scales = tuple(float(s) for s in scales)
+        out = tuple(math.floor(float(n) * s) for n, s in zip(x.shape[2:], scales))
+        if any(v <= 0 for v in out):
+            raise ValueError(
+                f"scale_factor {scale_factor!r} gives an empty output for input of spatial "
+                f"size {tuple(x.shape[2:])}")
+    return _ops.bilinear_upsample(x, list(out), align_corners, scales[0], scales[1])
+
+
+@torch.library.register_fake("fcn_kernels::bilinear_upsample")
+def _fake_forward(x, output_size, align_corners, scale_h, scale_w):
+    torch._check(x.dim() == 4, lambda: "input must be 4-D")
+    return empty_like_layout(x, (x.shape[0], x.shape[1], output_size[0], output_size[1]))
+
+
+@torch.library.register_fake("fcn_kernels::bilinear_upsample_backward")
+def _fake_backward(grad_output, input_size, align_corners, scale_h, scale_w):
+    torch._check(grad_output.dim() == 4, lambda: "grad_output must be 4-D")
+    return empty_like_layout(grad_output, tuple(input_size))
+
+
+def _setup_forward(ctx, inputs, output):
+    x, _, align_corners, scale_h, scale_w = inputs
+    ctx.args = (list(x.shape), align_corners, scale_h, scale_w)
+
+
+def _backward_forward(ctx, grad):
+    return _ops.bilinear_upsample_backward(grad, *ctx.args), None, None, None, None
+
+
+def _setup_backward(ctx, inputs, output):
+    grad_output, _, align_corners, scale_h, scale_w = inputs
+    ctx.args = (list(grad_output.shape[2:]), align_corners, scale_h, scale_w)
+
+
+def _backward_backward(ctx, grad):
+    # The backward op is linear in grad_output with the forward op as its adjoint,
+    # so double backward is just the forward op again.
+    return _ops.bilinear_upsample(grad, *ctx.args), None, None, None, None
+
+
+torch.library.register_autograd(
+    "fcn_kernels::bilinear_upsample", _backward_forward, setup_context=_setup_forward)
+torch.library.register_autograd(
+    "fcn_kernels::bilinear_upsample_backward", _backward_backward,
+    setup_context=_setup_backward)
