@@ -1,0 +1,39 @@
+"""Shared fixtures: devices, dtypes and tolerances for comparing with ATen."""
+import pytest
+import torch
+
+import fcn_kernels
+
+HAS_CUDA = torch.cuda.is_available() and fcn_kernels.cuda_built()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+
+# Every test that takes `device` runs on CPU, and on CUDA where a GPU is visible
+# (skipped, never failed, without one).
+DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# Tolerances for results rounded to `dtype` from a float64 reference computed on the
+# same (rounded) inputs: a few ulps of the dtype at magnitude ~1.
+TOL = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def dtype(request):
+    return request.param
+
+
+def assert_close(actual, expected, dtype=None, **kw):
+    """Compare `actual` with a reference (any dtype) at the tolerance of `dtype`."""
+    tol = dict(TOL[dtype or actual.dtype])
+    tol.update(kw)
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), **tol)
