@@ -10,6 +10,11 @@ import sys
 
 from setuptools import setup
 
+# torch locates the toolkit from `nvcc` on PATH first; a /usr/local/bin/nvcc shim
+# would make it look for libcudart under /usr/local/lib. Prefer the real toolkit.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 try:
     import torch
     from torch.utils import cpp_extension

@@ -20,113 +20,155 @@
 namespace fcn_kernels {
 namespace {
 
+// A 1-D linear map as CSR: destination index d reads sources index[k] with weight[k]
+// for k in [start[d], start[d+1]), in a fixed order.
 template <typename acc_t>
-std::vector<LinearTap<acc_t>> forward_taps(int64_t in, int64_t out, bool align_corners,
-                                           double scale) {
-  const acc_t ratio = linear_ratio<acc_t>(in, out, align_corners, scale);
-  std::vector<LinearTap<acc_t>> taps(out);
-  for (int64_t o = 0; o < out; ++o) taps[o] = linear_tap<acc_t>(ratio, o, in, out, align_corners);
-  return taps;
-}
-
-// For each source index i, the (output index, weight) pairs that read it, in
-// increasing output order (CSR). Built with the same range search the CUDA
-// backward uses, so CPU tests cover that arithmetic too.
-template <typename acc_t>
-struct Gather {
-  std::vector<int64_t> start, index;
+struct Csr {
+  std::vector<int64_t> start{0}, index;
   std::vector<acc_t> weight;
+  bool two_taps = false;  // every row has exactly two entries (the forward map)
+  void add(int64_t i, acc_t w) {
+    index.push_back(i);
+    weight.push_back(w);
+  }
+  void close_row() { start.push_back(static_cast<int64_t>(index.size())); }
 };
 
+// Forward along one axis: output o reads i0 and i1 (kept as two terms even when equal,
+// which reproduces ATen's arithmetic exactly).
 template <typename acc_t>
-Gather<acc_t> backward_gather(int64_t in, int64_t out, bool align_corners, double scale) {
+Csr<acc_t> forward_map(int64_t in, int64_t out, bool align_corners, double scale) {
   const acc_t ratio = linear_ratio<acc_t>(in, out, align_corners, scale);
-  Gather<acc_t> g;
-  g.start.reserve(in + 1);
-  g.start.push_back(0);
+  Csr<acc_t> m;
+  for (int64_t o = 0; o < out; ++o) {
+    const auto t = linear_tap<acc_t>(ratio, o, in, out, align_corners);
+    m.add(t.i0, t.l0);
+    m.add(t.i1, t.l1);
+    m.close_row();
+  }
+  m.two_taps = true;
+  return m;
+}
+
+// Backward along one axis (the transpose): input i gathers the outputs that read it,
+// found with the same range search the CUDA backward uses, so CPU tests cover it.
+template <typename acc_t>
+Csr<acc_t> backward_map(int64_t in, int64_t out, bool align_corners, double scale) {
+  const acc_t ratio = linear_ratio<acc_t>(in, out, align_corners, scale);
+  Csr<acc_t> m;
   for (int64_t i = 0; i < in; ++i) {
     const int64_t lo = linear_first_output<acc_t>(ratio, i - 1, in, out, align_corners);
     const int64_t hi = linear_first_output<acc_t>(ratio, i + 1, in, out, align_corners);
     for (int64_t o = lo; o < hi; ++o) {
       const acc_t w = linear_weight(linear_tap<acc_t>(ratio, o, in, out, align_corners), i);
-      if (w != acc_t(0)) {
-        g.index.push_back(o);
-        g.weight.push_back(w);
-      }
+      if (w != acc_t(0)) m.add(o, w);
     }
-    g.start.push_back(static_cast<int64_t>(g.index.size()));
+    m.close_row();
   }
-  return g;
+  return m;
 }
 
-// Rows are (plane, row) pairs; grain chosen so a task holds roughly 32k elements.
-inline int64_t row_grain(int64_t row_elems) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems));
-}
-
-template <typename scalar_t>
-void forward_kernel(const scalar_t* x, scalar_t* y, int64_t P, int64_t IH, int64_t IW,
-                    int64_t OH, int64_t OW, int64_t V, bool align_corners, double scale_h,
-                    double scale_w) {
+// dst[p, dh, dw, :] = sum_h mh(dh, sh) * sum_w mw(dw, sw) * src[p, sh, sw, :]
+// Separable: for a block of destination rows, first apply mw to the source rows the
+// block reads (into a float row buffer, each source row once), then blend those rows
+// with mh. Both passes walk contiguous memory; the vertical one vectorises.
+// kPlanar (V == 1, NCHW) lets the compiler drop the innermost loop.
+template <typename scalar_t, bool kPlanar>
+void separable_apply(const scalar_t* src, scalar_t* dst, int64_t P, int64_t SH, int64_t SW,
+                     int64_t DH, int64_t DW, int64_t V_,
+                     const Csr<at::opmath_type<scalar_t>>& mh,
+                     const Csr<at::opmath_type<scalar_t>>& mw) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto th = forward_taps<acc_t>(IH, OH, align_corners, scale_h);
-  const auto tw = forward_taps<acc_t>(IW, OW, align_corners, scale_w);
-  const int64_t in_row = IW * V, out_row = OW * V;
-  at::parallel_for(0, P * OH, row_grain(out_row), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> blend(in_row);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t p = r / OH, oh = r % OH;
-      const LinearTap<acc_t>& t = th[oh];
-      const scalar_t* x0 = x + (p * IH + t.i0) * in_row;
-      const scalar_t* x1 = x + (p * IH + t.i1) * in_row;
-      for (int64_t k = 0; k < in_row; ++k) {
-        blend[k] = t.l0 * static_cast<acc_t>(x0[k]) + t.l1 * static_cast<acc_t>(x1[k]);
+  const int64_t V = kPlanar ? 1 : V_;
+  const int64_t src_row = SW * V, dst_row = DW * V;
+  // ~64k destination elements per task, but enough tasks for every thread.
+  int64_t rows_per_task = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, dst_row));
+  const int64_t want_tasks = 4 * at::get_num_threads();
+  if (P * ((DH + rows_per_task - 1) / rows_per_task) < want_tasks) {
+    rows_per_task = std::max<int64_t>(1, (P * DH) / want_tasks);
+  }
+  const int64_t chunks = (DH + rows_per_task - 1) / rows_per_task;
+  at::parallel_for(0, P * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> rows, acc;
+    std::vector<char> done;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t p = task / chunks;
+      const int64_t d_begin = (task % chunks) * rows_per_task;
+      const int64_t d_end = std::min(DH, d_begin + rows_per_task);
+      // Source rows this block reads (a contiguous index range: the maps are monotone).
+      int64_t s_lo = SH, s_hi = 0;
+      for (int64_t k = mh.start[d_begin]; k < mh.start[d_end]; ++k) {
+        s_lo = std::min(s_lo, mh.index[k]);
+        s_hi = std::max(s_hi, mh.index[k] + 1);
       }
-      scalar_t* yr = y + r * out_row;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const LinearTap<acc_t>& s = tw[ow];
-        const acc_t* a = blend.data() + s.i0 * V;
-        const acc_t* b = blend.data() + s.i1 * V;
-        scalar_t* yo = yr + ow * V;
-        for (int64_t c = 0; c < V; ++c) yo[c] = static_cast<scalar_t>(s.l0 * a[c] + s.l1 * b[c]);
+      if (s_hi > s_lo) {
+        rows.resize((s_hi - s_lo) * dst_row);
+        done.assign(s_hi - s_lo, 0);
       }
-    }
-  });
-}
-
-template <typename scalar_t>
-void backward_kernel(const scalar_t* g, scalar_t* gx, int64_t P, int64_t IH, int64_t IW,
-                     int64_t OH, int64_t OW, int64_t V, bool align_corners, double scale_h,
-                     double scale_w) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto gh = backward_gather<acc_t>(IH, OH, align_corners, scale_h);
-  const auto gw = backward_gather<acc_t>(IW, OW, align_corners, scale_w);
-  const int64_t in_row = IW * V, out_row = OW * V;
-  at::parallel_for(0, P * IH, row_grain(out_row), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(out_row), sum(V);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t p = r / IH, ih = r % IH;
-      // Vertical: sum of the output rows that read input row ih.
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t k = gh.start[ih]; k < gh.start[ih + 1]; ++k) {
-        const acc_t w = gh.weight[k];
-        const scalar_t* gr = g + (p * OH + gh.index[k]) * out_row;
-        for (int64_t j = 0; j < out_row; ++j) acc[j] += w * static_cast<acc_t>(gr[j]);
-      }
-      // Horizontal: each input column gathers the output columns that read it.
-      scalar_t* gxr = gx + r * in_row;
-      for (int64_t iw = 0; iw < IW; ++iw) {
-        std::fill(sum.begin(), sum.end(), acc_t(0));
-        for (int64_t k = gw.start[iw]; k < gw.start[iw + 1]; ++k) {
-          const acc_t w = gw.weight[k];
-          const acc_t* a = acc.data() + gw.index[k] * V;
-          for (int64_t c = 0; c < V; ++c) sum[c] += w * a[c];
+      const scalar_t* sp = src + p * SH * src_row;
+      auto hrow = [&](int64_t sh) -> const acc_t* {
+        acc_t* r = rows.data() + (sh - s_lo) * dst_row;
+        if (!done[sh - s_lo]) {
+          const scalar_t* s = sp + sh * src_row;
+          if (mw.two_taps) {  // forward: every output column blends two columns
+            const int64_t* idx = mw.index.data();
+            const acc_t* wt = mw.weight.data();
+            for (int64_t dw = 0; dw < DW; ++dw) {
+              const scalar_t* a = s + idx[2 * dw] * V;
+              const scalar_t* b = s + idx[2 * dw + 1] * V;
+              const acc_t wa = wt[2 * dw], wb = wt[2 * dw + 1];
+              acc_t* out = r + dw * V;
+              for (int64_t c = 0; c < V; ++c) {
+                out[c] = wa * static_cast<acc_t>(a[c]) + wb * static_cast<acc_t>(b[c]);
+              }
+            }
+          } else {
+            for (int64_t dw = 0; dw < DW; ++dw) {
+              acc_t* out = r + dw * V;
+              for (int64_t c = 0; c < V; ++c) out[c] = acc_t(0);
+              for (int64_t k = mw.start[dw]; k < mw.start[dw + 1]; ++k) {
+                const acc_t w = mw.weight[k];
+                const scalar_t* in = s + mw.index[k] * V;
+                for (int64_t c = 0; c < V; ++c) out[c] += w * static_cast<acc_t>(in[c]);
+              }
+            }
+          }
+          done[sh - s_lo] = 1;
         }
-        scalar_t* out = gxr + iw * V;
-        for (int64_t c = 0; c < V; ++c) out[c] = static_cast<scalar_t>(sum[c]);
+        return r;
+      };
+      for (int64_t dh = d_begin; dh < d_end; ++dh) {
+        scalar_t* out = dst + (p * DH + dh) * dst_row;
+        const int64_t k0 = mh.start[dh], k1 = mh.start[dh + 1];
+        if (k1 - k0 == 2) {  // the forward case: a two-row blend
+          const acc_t* __restrict__ a = hrow(mh.index[k0]);
+          const acc_t* __restrict__ b = hrow(mh.index[k0 + 1]);
+          const acc_t wa = mh.weight[k0], wb = mh.weight[k0 + 1];
+          for (int64_t j = 0; j < dst_row; ++j) out[j] = static_cast<scalar_t>(wa * a[j] + wb * b[j]);
+          continue;
+        }
+        // General case (backward): a weighted sum of any number of rows.
+        acc.assign(dst_row, acc_t(0));
+        for (int64_t k = k0; k < k1; ++k) {
+          const acc_t* __restrict__ r = hrow(mh.index[k]);
+          const acc_t w = mh.weight[k];
+          for (int64_t j = 0; j < dst_row; ++j) acc[j] += w * r[j];
+        }
+        for (int64_t j = 0; j < dst_row; ++j) out[j] = static_cast<scalar_t>(acc[j]);
       }
     }
   });
+}
+
+template <typename scalar_t>
+void apply(const at::Tensor& src, at::Tensor& dst, int64_t P, int64_t V,
+           const Csr<at::opmath_type<scalar_t>>& mh, const Csr<at::opmath_type<scalar_t>>& mw) {
+  auto run = [&](auto planar) {
+    separable_apply<scalar_t, decltype(planar)::value>(
+        src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), P, src.size(2),
+        src.size(3), dst.size(2), dst.size(3), V, mh, mw);
+  };
+  if (V == 1) run(std::true_type{}); else run(std::false_type{});
 }
 
 // (P, V) of the (P, H, W, V) view for a tensor in `fmt`.
@@ -146,9 +188,10 @@ at::Tensor bilinear_upsample_cpu(const at::Tensor& self, at::IntArrayRef output_
   if (y.numel() == 0) return y;
   const auto [P, V] = planes_and_vec(x, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_upsample_cpu", [&] {
-    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), P,
-                             x.size(2), x.size(3), OH, OW, V, align_corners,
-                             scale_h.value_or(-1.0), scale_w.value_or(-1.0));
+    using acc_t = at::opmath_type<scalar_t>;
+    apply<scalar_t>(x, y, P, V,
+                    forward_map<acc_t>(x.size(2), OH, align_corners, scale_h.value_or(-1.0)),
+                    forward_map<acc_t>(x.size(3), OW, align_corners, scale_w.value_or(-1.0)));
   });
   return y;
 }
@@ -168,9 +211,10 @@ at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output,
   if (gx.numel() == 0) return gx;
   const auto [P, V] = planes_and_vec(g, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_upsample_backward_cpu", [&] {
-    backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), P,
-                              input_size[2], input_size[3], g.size(2), g.size(3), V,
-                              align_corners, scale_h.value_or(-1.0), scale_w.value_or(-1.0));
+    using acc_t = at::opmath_type<scalar_t>;
+    apply<scalar_t>(g, gx, P, V,
+                    backward_map<acc_t>(input_size[2], g.size(2), align_corners, scale_h.value_or(-1.0)),
+                    backward_map<acc_t>(input_size[3], g.size(3), align_corners, scale_w.value_or(-1.0)));
   });
   return gx;
 }

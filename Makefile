@@ -1,0 +1,40 @@
+# Two entry points, each doing all of its own set-up (idempotent, fast when done):
+#   make demo   - create .venv, install pinned requirements, build the extension, run `fcn demo`
+#   make test   - same set-up, then the whole test suite (pytest)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Compile the CUDA kernels whenever a toolkit is present (no GPU needed to build).
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export MAX_JOBS ?= 2
+
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
+DEPS    := $(VENV)/.deps-installed
+BUILT   := $(VENV)/.ext-built
+EXT     := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+SO      := fcn_kernels/_C$(EXT)
+
+.PHONY: demo test bench build deps clean
+demo: build
+	$(VENV)/bin/fcn demo $(ARGS)
+
+test: build
+	$(PY) -m pytest $(ARGS)
+
+bench: build
+	$(PY) -m benches.report $(ARGS)
+
+build: deps
+	@if [ ! -f $(SO) ] || [ ! -f $(BUILT) ] || [ -n "$$(find $(SOURCES) -newer $(BUILT))" ]; then \
+	  echo "building fcn_kernels extension (CUDA_HOME=$${CUDA_HOME:-none})"; \
+	  $(PY) -m pip install -q --no-build-isolation --no-deps -e . && touch $(BUILT); \
+	fi
+
+deps: $(DEPS)
+$(DEPS): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+clean:
+	rm -rf build *.egg-info $(SO) $(BUILT)

@@ -1,0 +1,237 @@
+"""fcn_kernels.bilinear_upsample against F.interpolate(mode="bilinear")."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fcn_kernels as fk
+from conftest import DEVICES, TOL, assert_close
+
+# (input shape, resize kwargs): up/down, odd/prime sizes, non-integer and per-axis
+# scales, 1x1 in and out, identity along one axis, and the scale-given-but-same-size
+# case (ATen copies that axis).
+CASES = [
+    ((2, 3, 5, 7), dict(size=(11, 13))),
+    ((1, 2, 13, 17), dict(size=(31, 29))),
+    ((2, 3, 16, 16), dict(scale_factor=2)),
+    ((1, 4, 7, 5), dict(scale_factor=2.5)),
+    ((1, 3, 9, 11), dict(scale_factor=(1.7, 3.3))),
+    ((2, 2, 10, 10), dict(scale_factor=1.05)),
+    ((1, 3, 23, 19), dict(size=(7, 5))),
+    ((1, 2, 20, 20), dict(scale_factor=0.37)),
+    ((2, 3, 1, 1), dict(size=(3, 4))),
+    ((2, 3, 5, 7), dict(size=(1, 1))),
+    ((1, 2, 1, 9), dict(size=(5, 9))),
+    ((1, 2, 6, 8), dict(size=(6, 17))),
+    ((1, 5, 3, 4), dict(scale_factor=8)),
+    ((1, 1, 2, 3), dict(scale_factor=32)),
+]
+IDS = [f"{s}-{k}" for s, k in CASES]
+
+
+def ref(x, kw, ac):
+    return F.interpolate(x, mode="bilinear", align_corners=ac, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape,kw", CASES, ids=IDS)
+def test_forward_backward_matches_aten_float64(device, shape, kw, align_corners):
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    ours = fk.bilinear_upsample(x, align_corners=align_corners, **kw)
+    theirs = ref(x, kw, align_corners)
+    assert ours.shape == theirs.shape
+    assert_close(ours, theirs)
+    g = torch.randn_like(theirs)
+    (gx_ours,) = torch.autograd.grad(ours, x, g)
+    (gx_ref,) = torch.autograd.grad(theirs, x, g)
+    assert_close(gx_ours, gx_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,kw", CASES[:8], ids=IDS[:8])
+def test_dtypes_against_float64_reference(device, dtype, shape, kw):
+    # Reference: ATen in float64 on the same (rounded) input, rounded to dtype.
+    x = torch.randn(shape, device=device).to(dtype).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    ours = fk.bilinear_upsample(x, **kw)
+    theirs = ref(x64, kw, False)
+    assert ours.dtype == dtype
+    assert_close(ours, theirs.to(dtype), dtype)
+    g = torch.randn_like(theirs).to(dtype)
+    (gx,) = torch.autograd.grad(ours, x, g)
+    (gx64,) = torch.autograd.grad(theirs, x64, g.double())
+    # A gradient sums many terms, so cancellation can leave a small result with an
+    # error relative to the summed magnitudes: bound it by eps * sum |w * g| (the
+    # weights are non-negative, so that is the reference backward of |g|).
+    (mag,) = torch.autograd.grad(theirs, x64, g.double().abs())
+    assert gx.dtype == dtype
+    err = (gx.double() - gx64).abs()
+    bound = 8 * torch.finfo(dtype).eps * mag + TOL[dtype]["atol"]
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_channels_last_keeps_layout(device, align_corners):
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64, device=device)
+    xc = x.to(memory_format=torch.channels_last).requires_grad_()
+    ours = fk.bilinear_upsample(xc, size=(20, 15), align_corners=align_corners)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert_close(ours, ref(x, dict(size=(20, 15)), align_corners))
+    g = torch.randn_like(ours).contiguous(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(ours, xc, g)
+    x2 = x.clone().requires_grad_()
+    (gx_ref,) = torch.autograd.grad(ref(x2, dict(size=(20, 15)), align_corners), x2, g)
+    assert_close(gx, gx_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    base = torch.randn(3, 10, 12, 8, dtype=torch.float64, device=device)
+    views = [
+        base[:, ::2, 1:, ::2],  # strided slice
+        base.transpose(2, 3),  # transposed spatial dims
+        base.permute(0, 2, 1, 3),  # channels moved
+        base.expand(3, 10, 12, 8)[:, :, :, :5],
+    ]
+    for v in views:
+        assert not v.is_contiguous()
+        assert_close(fk.bilinear_upsample(v, scale_factor=1.5),
+                     ref(v, dict(scale_factor=1.5), False))
+    # A non-contiguous gradient (e.g. from a later transpose) works too.
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    y = fk.bilinear_upsample(x, size=(9, 9)).transpose(2, 3).sum(dim=1, keepdim=True)
+    x2 = x.detach().clone().requires_grad_()
+    y2 = ref(x2, dict(size=(9, 9)), False).transpose(2, 3).sum(dim=1, keepdim=True)
+    g = torch.randn_like(y)
+    assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y2, x2, g)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5)])
+def test_empty_batch_or_channels(device, shape):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    y = fk.bilinear_upsample(x, scale_factor=2)
+    assert y.shape == (shape[0], shape[1], 10, 10)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_channel_count(device):
+    x = torch.randn(1, 1024, 5, 6, device=device)
+    assert_close(fk.bilinear_upsample(x, size=(11, 13)), ref(x, dict(size=(11, 13)), False))
+    xl = x.to(memory_format=torch.channels_last)
+    assert_close(fk.bilinear_upsample(xl, size=(11, 13)), ref(x, dict(size=(11, 13)), False))
+
+
+def test_gradcheck_and_gradgradcheck():
+    for ac, kw in itertools.product([False, True], [dict(size=(7, 5)), dict(scale_factor=1.6)]):
+        x = torch.randn(2, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+        fn = lambda t: fk.bilinear_upsample(t, align_corners=ac, **kw)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_opcheck():
+    ops = torch.ops.fcn_kernels
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    xl = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
+    for args in [(x, [7, 9], False, None, None), (xl, [3, 11], True, None, None),
+                 (x, [6, 7], False, 1.5, 1.5)]:
+        torch.library.opcheck(ops.bilinear_upsample.default, args)
+    g = torch.randn(2, 3, 7, 9, requires_grad=True)
+    torch.library.opcheck(ops.bilinear_upsample_backward.default, (g, [2, 3, 4, 5], False, None, None))
+
+
+def test_torch_compile_fullgraph():
+    def f(t):
+        return fk.bilinear_upsample(t * 2, scale_factor=2.5).relu().sum()
+
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    (g,) = torch.autograd.grad(out, x)
+    x2 = x.detach().clone().requires_grad_()
+    out2 = F.interpolate(x2 * 2, scale_factor=2.5, mode="bilinear").relu().sum()
+    (g2,) = torch.autograd.grad(out2, x2)
+    assert_close(out, out2)
+    assert_close(g, g2)
+
+
+def test_torch_export():
+    model = fk.nn.BilinearUpsample(size=(9, 11))
+    x = torch.randn(1, 2, 4, 5)
+    exported = torch.export.export(model, (x,))
+    assert_close(exported.module()(x), ref(x, dict(size=(9, 11)), False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_backward_is_bit_identical(device, deterministic):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        x = torch.randn(4, 21, 16, 16, device=device, requires_grad=True)
+        g = torch.randn(4, 21, 128, 128, device=device)
+        grads = []
+        for _ in range(3):
+            (gx,) = torch.autograd.grad(fk.bilinear_upsample(x, scale_factor=8), x, g)
+            grads.append(gx)
+        assert all(torch.equal(grads[0], other) for other in grads[1:])
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def test_module_matches_nn_upsample():
+    x = torch.randn(2, 3, 5, 6)
+    for kw in [dict(size=(8, 9)), dict(scale_factor=2.0)]:
+        for ac in (False, True):
+            ours = fk.nn.BilinearUpsample(align_corners=ac, **kw)
+            theirs = torch.nn.Upsample(mode="bilinear", align_corners=ac, **kw)
+            assert_close(ours(x), theirs(x))
+    assert "scale_factor=2" in repr(fk.nn.BilinearUpsample(scale_factor=2))
+    with pytest.raises(ValueError, match="size or scale_factor"):
+        fk.nn.BilinearUpsample()
+
+
+ERRORS = [
+    (lambda: fk.bilinear_upsample(torch.randn(3, 4, 5), size=4), ValueError, "input must be a 4-D"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5), size=4), ValueError, "input must be a 4-D"),
+    (lambda: fk.bilinear_upsample([[1.0]], size=4), TypeError, "input must be a torch.Tensor"),
+    (lambda: fk.bilinear_upsample(torch.zeros(1, 1, 3, 3, dtype=torch.int64), size=4), TypeError, "input must be float"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, scale_factor=2), ValueError, "only one of size or scale_factor"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3)), ValueError, "either size or scale_factor"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=0), ValueError, "size must be positive"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, -2)), ValueError, "size must be positive"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, 4, 4)), ValueError, "size must be a number or a pair"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=2.5), TypeError, "size must be integers"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("nan")), ValueError, "scale_factor must be finite"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("inf")), ValueError, "scale_factor must be finite"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=-2), ValueError, "scale_factor must be finite and positive"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=0.1), ValueError, "scale_factor .* empty output"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor="2"), TypeError, "scale_factor must be numbers"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 0, 3), size=4), ValueError, "non-empty spatial"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, align_corners=None), TypeError, "align_corners must be a bool"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", ERRORS, ids=[e[2] for e in ERRORS])
+def test_bad_input_raises_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_direct_op_calls_are_checked_in_cpp():
+    # The C++ checks guard callers that bypass the Python wrapper.
+    ops = torch.ops.fcn_kernels
+    with pytest.raises(RuntimeError, match="output_size must be positive"):
+        ops.bilinear_upsample(torch.randn(1, 1, 3, 3), [0, 4], False, None, None)
+    with pytest.raises(RuntimeError, match="input must be a 4-D"):
+        ops.bilinear_upsample(torch.randn(1, 3, 3), [4, 4], False, None, None)
+    with pytest.raises(RuntimeError, match="input must be float"):
+        ops.bilinear_upsample(torch.ones(1, 1, 3, 3, dtype=torch.int32), [4, 4], False, None, None)
+    with pytest.raises(RuntimeError, match="do not match input_size"):
+        ops.bilinear_upsample_backward(torch.randn(1, 2, 6, 6), [1, 3, 3, 3], False, None, None)
