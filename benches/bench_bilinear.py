@@ -1,0 +1,50 @@
+"""bilinear_upsample vs F.interpolate(mode="bilinear"): forward, backward, both."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fcn_kernels as fk
+from benches.conftest import DEVICES, QUICK, run
+
+# FCN shapes (VGG16 FCN at 500x500 input, 21 classes): score maps upsampled x32 / x8,
+# VGG feature maps x2, a non-integer scale, batch 1 and 8.
+CASES = {
+    "x32 1x21x16x16->512": ((1, 21, 16, 16), dict(size=(512, 512))),
+    "x8 1x21x63x63": ((1, 21, 63, 63), dict(scale_factor=8)),
+    "x8 8x21x63x63": ((8, 21, 63, 63), dict(scale_factor=8)),
+    "x2 8x64x64x64": ((8, 64, 64, 64), dict(scale_factor=2)),
+    "x2.5 1x21x40x40": ((1, 21, 40, 40), dict(scale_factor=2.5)),
+}
+if QUICK:
+    CASES = {"quick x3": ((2, 3, 5, 6), dict(scale_factor=3))}
+
+IMPLS = {
+    "ours": lambda x, kw: fk.bilinear_upsample(x, **kw),
+    "aten": lambda x, kw: F.interpolate(x, mode="bilinear", **kw),
+}
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("device", DEVICES)
+def test_bilinear(benchmark, device, case, dtype, layout, direction, impl):
+    shape, kw = CASES[case]
+    x = torch.randn(shape, device=device, dtype=getattr(torch, dtype))
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(direction != "fwd")
+    f = IMPLS[impl]
+    out_shape = f(x.detach(), kw).shape
+    # Bytes moved by an ideal kernel: read the input once, write the output once.
+    elem = x.element_size()
+    io = (x.numel() + torch.Size(out_shape).numel()) * elem
+    benchmark.extra_info.update(op="bilinear", case=case, bytes=io)
+    if direction == "fwd":
+        run(benchmark, lambda: f(x, kw), device)
+    else:
+        y = f(x, kw)
+        g = torch.randn_like(y)
+        run(benchmark, lambda: torch.autograd.grad(y, x, g, retain_graph=True), device)
