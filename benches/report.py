@@ -4,6 +4,7 @@
     python -m benches.report -k bilinear     # a subset (pytest -k expression)
     python -m benches.report --quick         # tiny shapes, a smoke test
     python -m benches.report --markdown      # a table for benches/RESULTS.md
+    python -m benches.report --plot r.png    # also a bar chart of the speedups
 
 Speedup = ATen median time / ours median time (> 1: ours faster). On CUDA the table
 also gives the achieved bandwidth of our kernel under an ideal byte model: every input
@@ -92,17 +93,50 @@ def table(rows, markdown):
     return "\n".join([fmt.format(*head), "-" * (sum(widths) + 2 * len(widths))] + [fmt.format(*l) for l in lines])
 
 
+def label(r):
+    p = r["params"]
+    return " ".join(str(v) for k, v in sorted(p.items()) if k != "case") + " " + str(p.get("case", ""))
+
+
+def plot(rows, path, title):
+    """Horizontal bars of log2(speedup) around 1x (green: ours faster), with Pillow only."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    bar_h, left, width = 16, 420, 360
+    img = Image.new("RGB", (left + width + 90, 40 + bar_h * max(1, len(rows))), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 8), title[:150], fill="black")
+    span = max([abs(math.log2(r["aten"] / r["ours"])) for r in rows] + [1.0])
+    mid = left + width // 2
+    d.line([(mid, 28), (mid, img.height)], fill="gray")
+    for i, r in enumerate(rows):
+        y = 32 + i * bar_h
+        ratio = r["aten"] / r["ours"]
+        x = mid + int(math.log2(ratio) / span * (width // 2 - 4))
+        d.rectangle([min(mid, x), y + 2, max(mid, x), y + bar_h - 3],
+                    fill=(60, 160, 60) if ratio >= 1 else (200, 70, 60))
+        d.text((6, y + 2), label(r)[:62], fill="black")
+        d.text((left + width + 6, y + 2), f"{ratio:.2f}x", fill="black")
+    img.save(path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", default=None, help="pytest -k expression selecting benchmarks")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (FCN_BENCH_QUICK=1)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--plot", metavar="PNG", help="write a bar chart of the speedups")
     args = ap.parse_args(argv)
     if args.quick:
         os.environ["FCN_BENCH_QUICK"] = "1"
     rows = pair(collect(["-k", args.k] if args.k else []))
     print(f"\n{machine_line()}")
     print(table(rows, args.markdown))
+    if args.plot:
+        plot(rows, args.plot, "speedup vs ATen (log scale, right = ours faster): " + machine_line())
+        print(f"plot written to {args.plot}")
     return 0
 
 
