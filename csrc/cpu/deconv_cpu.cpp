@@ -76,25 +76,44 @@ void diagonal_gather(const scalar_t* in, scalar_t* out, const at::opmath_type<sc
                      int64_t IH, int64_t IW, int64_t OH, int64_t OW, int64_t V, int64_t KH,
                      int64_t KW, const Taps& th, const Taps& tw) {
   using acc_t = at::opmath_type<scalar_t>;
+  // Row buffer of OW*V accumulators; each row tap adds one filtered input row.
   at::parallel_for(0, P * OH, grain(OW * V), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(OW * V);
+    const int64_t* ws = tw.start.data();
+    const int64_t* wk = tw.k.data();
+    const int64_t* wi = tw.idx.data();
     for (int64_t r = begin; r < end; ++r) {
       const int64_t p = r / OH, a = r % OH;
-      scalar_t* orow = out + r * OW * V;
       for (int64_t b = 0; b < OW; ++b) {
         for (int64_t v = 0; v < V; ++v) {
-          const int64_t c = V == 1 ? p % C : v;
-          const acc_t* wc = wd + c * KH * KW;
-          acc_t acc = init ? init[c] : acc_t(0);
-          for (int64_t j = th.start[a]; j < th.start[a + 1]; ++j) {
-            const scalar_t* irow = in + (p * IH + th.idx[j]) * IW * V + v;
-            const acc_t* wr = wc + th.k[j] * KW;
-            for (int64_t q = tw.start[b]; q < tw.start[b + 1]; ++q) {
-              acc += static_cast<acc_t>(irow[tw.idx[q] * V]) * wr[tw.k[q]];
-            }
-          }
-          orow[b * V + v] = static_cast<scalar_t>(acc);
+          buf[b * V + v] = init ? init[V == 1 ? p % C : v] : acc_t(0);
         }
       }
+      for (int64_t j = th.start[a]; j < th.start[a + 1]; ++j) {
+        const scalar_t* irow = in + (p * IH + th.idx[j]) * IW * V;
+        const int64_t ko = th.k[j] * KW;
+        if (V == 1) {
+          const acc_t* wr = wd + (p % C) * KH * KW + ko;
+          for (int64_t b = 0; b < OW; ++b) {
+            acc_t s = acc_t(0);
+            for (int64_t q = ws[b]; q < ws[b + 1]; ++q) {
+              s += static_cast<acc_t>(irow[wi[q]]) * wr[wk[q]];
+            }
+            buf[b] += s;
+          }
+        } else {
+          for (int64_t b = 0; b < OW; ++b) {
+            acc_t* ob = buf.data() + b * V;
+            for (int64_t q = ws[b]; q < ws[b + 1]; ++q) {
+              const scalar_t* ip = irow + wi[q] * V;
+              const acc_t* wq = wd + ko + wk[q];
+              for (int64_t v = 0; v < V; ++v) ob[v] += static_cast<acc_t>(ip[v]) * wq[v * KH * KW];
+            }
+          }
+        }
+      }
+      scalar_t* orow = out + r * OW * V;
+      for (int64_t e = 0; e < OW * V; ++e) orow[e] = static_cast<scalar_t>(buf[e]);
     }
   });
 }
