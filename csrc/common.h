@@ -124,4 +124,73 @@ inline void check_bilinear(const at::Tensor& x, at::IntArrayRef output_size,
               " must have non-empty spatial dimensions, got ", x.sizes());
 }
 
+// ---------------------------------------------------------------------------
+// Transposed convolution + crop (deconv_cpu.cpp / deconv_cuda.cu).
+// Full-map coordinate of input index i under tap k: Y = i*s - p + k*d. The cropped
+// output coordinate is o = Y - off. Forward gathers (o -> i), backward scatters are
+// rewritten as gathers (i -> o); both directions are these two functions.
+// ---------------------------------------------------------------------------
+
+// Source index i of full-map coordinate Y through tap k, or -1 if none.
+FK_HD int64_t deconv_source(int64_t Y, int64_t k, int64_t s, int64_t p, int64_t d,
+                            int64_t in) {
+  const int64_t t = Y + p - k * d;
+  if (t < 0 || t % s != 0) return -1;
+  const int64_t i = t / s;
+  return i < in ? i : -1;
+}
+
+// Cropped output coordinate that input index i reaches through tap k, or -1 if it
+// falls outside the crop window [off, off + out).
+FK_HD int64_t deconv_target(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d,
+                            int64_t off, int64_t out) {
+  const int64_t o = i * s - p + k * d - off;
+  return (o >= 0 && o < out) ? o : -1;
+}
+
+inline int64_t deconv_full_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
+                                int64_t op) {
+  return (in - 1) * s - 2 * p + d * (k - 1) + op + 1;
+}
+
+// Shape checks shared by the three deconv ops (the Python wrapper gives friendlier
+// messages first). x: (N, Cin, IH, IW), weight: (Cin, Cout/groups, KH, KW).
+inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef stride,
+                         at::IntArrayRef padding, int64_t groups, at::IntArrayRef dilation,
+                         at::IntArrayRef offset) {
+  TORCH_CHECK(x.size() == 4 && w.size() == 4, "input and weight must be 4-D");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
+                  offset.size() == 2,
+              "stride, padding, dilation and offset must have 2 elements");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ", padding);
+  TORCH_CHECK(offset[0] >= 0 && offset[1] >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK(groups > 0 && x[1] % groups == 0 && w[0] == x[1],
+              "weight.size(0) must equal input channels ", x[1],
+              " and be divisible by groups ", groups);
+  TORCH_CHECK(x[2] > 0 && x[3] > 0 && w[1] > 0 && w[2] > 0 && w[3] > 0,
+              "input and weight must have non-empty channel/spatial dimensions");
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), what,
+              " must have the same dtype and device, got ", a.scalar_type(), " on ",
+              a.device(), " and ", b.scalar_type(), " on ", b.device());
+}
+
+// True when every group's (Cin_g x Cout_g) channel block is diagonal (Cin_g == Cout_g,
+// zeros off the diagonal): FCN's bilinear upsampling weight, and any depthwise one.
+// Then output channel c reads only input channel c, which the fast paths exploit;
+// the check is exact (a NaN/Inf off the diagonal counts as non-zero).
+inline bool deconv_is_channel_diagonal(const at::Tensor& w, int64_t groups) {
+  const int64_t cin_g = w.size(0) / groups, cout_g = w.size(1);
+  if (cin_g != cout_g) return false;
+  if (cin_g == 1) return true;
+  const at::Tensor w5 = w.reshape({groups, cin_g, cout_g, w.size(2), w.size(3)});
+  const at::Tensor nz_all = w5.ne(0).sum();
+  const at::Tensor nz_diag = w5.diagonal(0, 1, 2).ne(0).sum();
+  return nz_all.sub(nz_diag).item().toLong() == 0;  // one host sync on CUDA
+}
+
 }  // namespace fcn_kernels

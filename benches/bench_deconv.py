@@ -1,0 +1,114 @@
+"""conv_transpose2d_crop vs F.conv_transpose2d + slice on FCN's deconvolutions.
+
+    pytest benches/bench_deconv.py --benchmark-only   (FCN_BENCH_QUICK=1: tiny shapes)
+
+Shapes (VGG16 FCN at 500x500, 21 classes): upscore8 (FCN-8s, k16 s8, 70x70 -> crop 31,
+500x500, bilinear = channel-diagonal weight, also a general weight), upscore2 (k4 s2,
+16x16 -> 34x34, learned general weight), upscore (FCN-32s, k64 s32, 16x16 -> crop 19,
+500x500, bilinear). `impl` pairs ours with the reference for the report.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fcn_kernels as fk
+
+QUICK = os.environ.get("FCN_BENCH_QUICK") == "1"
+C = 21
+# name: (input HxW, kernel, stride, offset, crop size, weight kind)
+SHAPES = {
+    "upscore8-bilinear": (70, 16, 8, 31, 500, "bilinear"),
+    "upscore8-general": (70, 16, 8, 31, 500, "general"),
+    "upscore2-general": (16, 4, 2, 0, 34, "general"),
+    "upscore32-bilinear": (16, 64, 32, 19, 500, "bilinear"),
+}
+if QUICK:
+    SHAPES = {"upscore8-bilinear": (12, 16, 8, 31, 64, "bilinear"),
+              "upscore2-general": (4, 4, 2, 0, 10, "general")}
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and fk.cuda_built() else [])
+DTYPES = [torch.float32, torch.bfloat16]
+BATCHES = [1] if QUICK else [1, 8]
+
+
+def make(shape, batch, device, dtype, requires_grad):
+    hw, k, s, off, size, kind = SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, C, hw, hw, generator=g).to(device=device, dtype=dtype)
+    w = (fk.bilinear_kernel(C, k) if kind == "bilinear"
+         else torch.randn(C, C, k, k, generator=g) / (C * k * k) ** 0.5).to(device=device, dtype=dtype)
+    x.requires_grad_(requires_grad)
+    w.requires_grad_(requires_grad and kind == "general")  # FCN freezes the bilinear weight
+    return x, w, dict(stride=s, offset=(off, off), size=(size, size))
+
+
+def run(impl, x, w, kw):
+    if impl == "ours":
+        return fk.conv_transpose2d_crop(x, w, **kw)
+    oy, ox = kw["offset"]
+    h, w_ = kw["size"]
+    return F.conv_transpose2d(x, w, stride=kw["stride"])[..., oy:oy + h, ox:ox + w_]
+
+
+def timed(device, fn):
+    if device != "cuda":
+        return fn
+
+    def sync():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return sync
+
+
+def rounds(device, shape):
+    return 20 if device == "cuda" or QUICK else (3 if "32" in shape or "8" in shape else 20)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ours"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward(benchmark, device, dtype, shape, batch, impl):
+    x, w, kw = make(shape, batch, device, dtype, False)
+    benchmark.group = f"deconv-fwd-{device}-{dtype}-{shape}-b{batch}"
+    with torch.no_grad():
+        benchmark.pedantic(timed(device, lambda: run(impl, x, w, kw)),
+                           rounds=rounds(device, shape), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ours"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward(benchmark, device, dtype, shape, batch, impl):
+    x, w, kw = make(shape, batch, device, dtype, True)
+    out = run(impl, x, w, kw)
+    grad = torch.randn_like(out)
+    leaves = [t for t in (x, w) if t.requires_grad]
+    benchmark.group = f"deconv-bwd-{device}-{dtype}-{shape}-b{batch}"
+    benchmark.pedantic(timed(device, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)),
+                       rounds=rounds(device, shape), warmup_rounds=1)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_peak_memory_cuda(shape):
+    """Peak CUDA memory of one forward, ours vs the reference (printed for the report)."""
+    x, w, kw = make(shape, 8 if not QUICK else 1, "cuda", torch.float32, False)
+    peaks = {}
+    for impl in ("ref", "ours"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            out = run(impl, x, w, kw).contiguous()
+        torch.cuda.synchronize()
+        peaks[impl] = torch.cuda.max_memory_allocated() - base
+        del out
+    print(f"\n{shape}: peak ref {peaks['ref'] / 2**20:.1f} MiB, ours {peaks['ours'] / 2**20:.1f} MiB")
+    assert peaks["ours"] <= peaks["ref"]
