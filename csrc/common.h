@@ -148,6 +148,25 @@ FK_HD int64_t deconv_target(int64_t i, int64_t k, int64_t s, int64_t p, int64_t 
   return (o >= 0 && o < out) ? o : -1;
 }
 
+// The taps k with deconv_source(Y, k, ...) defined form an arithmetic progression
+// k = first, first + step, ... (step = s / gcd(s, d)): iterate those only instead of
+// testing all K taps (FCN's k64 s32 upsampling: 2 taps, not 64, per axis).
+// Returns first in [0, step) or -1 when no tap of any size can reach Y.
+FK_HD int64_t deconv_first_tap(int64_t Y, int64_t s, int64_t p, int64_t d, int64_t& step) {
+  int64_t a = s, b = d;
+  while (b != 0) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  step = s / a;
+  for (int64_t k = 0; k < step; ++k) {
+    const int64_t t = Y + p - k * d;
+    if (((t % s) + s) % s == 0) return k;
+  }
+  return -1;
+}
+
 inline int64_t deconv_full_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
                                 int64_t op) {
   return (in - 1) * s - 2 * p + d * (k - 1) + op + 1;

@@ -40,9 +40,15 @@ Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, in
                  int64_t d, int64_t in) {
   Taps t;
   for (int64_t o = 0; o < out; ++o) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t i = deconv_source(o + off, k, s, p, d, in);
-      if (i >= 0) t.add(k, i);
+    int64_t step = 1;
+    const int64_t first = deconv_first_tap(o + off, s, p, d, step);
+    if (first >= 0) {
+      // first + m*step >= k0
+      int64_t k = first + (k0 > first ? (k0 - first + step - 1) / step * step : 0);
+      for (; k < k1; k += step) {
+        const int64_t i = deconv_source(o + off, k, s, p, d, in);
+        if (i >= 0) t.add(k, i);
+      }
     }
     t.close();
   }

@@ -63,10 +63,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
     const int64_t g = co / q.cout_g, j = co % q.cout_g;
     const int64_t c0 = q.diag ? co : g * q.cin_g, c1 = q.diag ? co + 1 : c0 + q.cin_g;
     acc_t acc = bias ? static_cast<acc_t>(bias[co]) : acc_t(0);
-    for (int64_t ky = 0; ky < q.KH; ++ky) {
+    int64_t sy = 1, sx = 1;
+    const int64_t ky0 = deconv_first_tap(oh + q.off[0], q.s[0], q.p[0], q.d[0], sy);
+    const int64_t kx0 = deconv_first_tap(ow + q.off[1], q.s[1], q.p[1], q.d[1], sx);
+    for (int64_t ky = ky0; ky0 >= 0 && ky < q.KH; ky += sy) {
       const int64_t iy = deconv_source(oh + q.off[0], ky, q.s[0], q.p[0], q.d[0], q.IH);
       if (iy < 0) continue;
-      for (int64_t kx = 0; kx < q.KW; ++kx) {
+      for (int64_t kx = kx0; kx0 >= 0 && kx < q.KW; kx += sx) {
         const int64_t ix = deconv_source(ow + q.off[1], kx, q.s[1], q.p[1], q.d[1], q.IW);
         if (ix < 0) continue;
         const scalar_t* xp = x + n * q.as[0] + iy * q.as[2] + ix * q.as[3];
