@@ -343,9 +343,8 @@ at::Tensor conv_transpose2d_crop_backward_weight_cpu(
   check_float4d(self, "input");
   check_same(grad_output, self, "grad_output and input");
   check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
-  const int64_t N = self.size(0), IH = self.size(2), IW = self.size(3);
-  const int64_t KH = weight_size[2], KW = weight_size[3], cout_g = weight_size[1];
-  const int64_t Cout = cout_g * groups, OH = grad_output.size(2), OW = grad_output.size(3);
+  const int64_t N = self.size(0), Cout = weight_size[1] * groups;
+  const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
   TORCH_CHECK(grad_output.size(0) == N && grad_output.size(1) == Cout,
               "grad_output shape ", grad_output.sizes(), " does not match input ",
               self.sizes(), " and weight_size ", weight_size);
