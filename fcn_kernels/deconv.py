@@ -22,6 +22,17 @@ def _full_size(n, k, s, p, d, op):
     return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
+def _autocast(x, weight, bias):
+    """Under torch.autocast, cast like ATen's conv_transpose2d (a lower-precision op):
+    every operand to the autocast dtype of the input's device type."""
+    dev = x.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return x, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t  # noqa: E731
+    return cast(x), cast(weight), cast(bias)
+
+
 def conv_transpose2d_crop(x, weight, bias=None, stride=1, padding=0, output_padding=0,
                           groups=1, dilation=1, offset=(0, 0), size=None):
     """Same result as ``F.conv_transpose2d(x, weight, bias, stride, padding,
@@ -35,6 +46,7 @@ def conv_transpose2d_crop(x, weight, bias=None, stride=1, padding=0, output_padd
     """
     check_tensor4d(x, "input")
     check_tensor4d(weight, "weight")
+    x, weight, bias = _autocast(x, weight, bias)
     if weight.dtype != x.dtype or weight.device != x.device:
         raise TypeError(f"weight must have the input's dtype and device ({x.dtype}, {x.device}),"
                         f" got {weight.dtype} on {weight.device}")
