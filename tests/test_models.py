@@ -282,6 +282,21 @@ def test_classic_vgg16_fcn8s_loads_strictly_and_matches(vgg_pair):
     assert y.shape == (1, 3, 32, 32)
 
 
+def test_checkpoint_with_numpy_entries(tmp_path):
+    # the port saves best_mean_iu as a numpy float: not loadable with weights_only=True
+    np = pytest.importorskip("numpy")
+    ref = randomize_(ClassicFCN("fcn32s", n_class=4, blocks=TINY_BLOCKS, fc=64))
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"model_state_dict": ref.state_dict(), "best_mean_iu": np.float64(0.6)}, path)
+    model = tiny("fcn32s", n=4)
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_checkpoint(model, str(path))
+    load_checkpoint(model, str(path), weights_only=False)
+    torch.testing.assert_close(model.score_fr.weight, ref.score_fr.weight)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(model, str(tmp_path / "nope.pth"))
+
+
 def test_checkpoint_mismatch_lists_keys():
     model = tiny("fcn16s", n=4)
     sd = ClassicFCN("fcn8s", n_class=5, blocks=TINY_BLOCKS, fc=64).state_dict()
@@ -619,6 +634,15 @@ def test_torch_compile_inductor_backward():
     y.square().sum().backward()
     y_ref.square().sum().backward()
     torch.testing.assert_close(model.conv1_1.weight.grad, ref.conv1_1.weight.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_torch_export_aten():
+    # torch.export is what torch.onnx.export (dynamo exporter) traces first
+    model = randomize_(tiny("fcn8s", n=3)).eval()
+    x = torch.randn(1, 3, 20, 27)
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x), **TOL)
 
 
 def test_onnx_export_aten(tmp_path):
