@@ -649,10 +649,25 @@ def test_onnx_export_aten(tmp_path):
     pytest.importorskip("onnx", reason="onnx is not installed here; ONNX export is untested "
                                        "(see docs/models.md)")
     pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's dynamo exporter) is not installed")
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
     model = tiny("fcn8s", n=3).eval()
+    with torch.no_grad():  # non-zero score layers, so the comparison is not trivial
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight.abs().sum() == 0:
+                m.weight.normal_(0, 0.1)
     path = tmp_path / "fcn8s.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path))
-    assert path.stat().st_size > 0
+    x = torch.randn(1, 3, 32, 32)
+    torch.onnx.export(model, (x,), str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    # Run the exported graph with ONNX's own reference interpreter (independent of torch).
+    (out,) = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model(x)
+    assert out.shape == tuple(expected.shape)
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------
