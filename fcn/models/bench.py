@@ -51,6 +51,10 @@ def main(argv=None):
     h, w = (args.size * 2)[:2]
     torch.manual_seed(0)
     model = build_model(args.arch, args.backbone, args.num_classes, upsample="aten")
+    with torch.no_grad():  # score layers start at zero: randomise them so the output
+        for name, prm in model.named_parameters():  # (and the fused-vs-aten diff) means something
+            if name.startswith("score") and prm.dim() == 4:
+                prm.normal_(0, 0.01)
     model = model.to(device=device, dtype=getattr(torch, args.dtype)).eval()
     x = torch.randn(args.batch, 3, h, w, device=device, dtype=getattr(torch, args.dtype))
     print(f"{args.arch} {args.backbone} {args.batch}x3x{h}x{w} {args.dtype} on {device} "
