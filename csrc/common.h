@@ -6,8 +6,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #ifdef __CUDACC__
 #define FK_HD __host__ __device__ __forceinline__
@@ -105,6 +107,20 @@ inline at::MemoryFormat layout_of(const at::Tensor& t) {
           t.is_contiguous(at::MemoryFormat::ChannelsLast))
              ? at::MemoryFormat::ChannelsLast
              : at::MemoryFormat::Contiguous;
+}
+
+// (P, V) of the (P, H, W, V) view every kernel works on: P = N*C planes of V = 1 for
+// NCHW, P = N images of V = C interleaved channels for channels_last. A spatial row is
+// then always W*V contiguous elements, whatever the layout.
+inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (fmt == at::MemoryFormat::ChannelsLast) return {t.size(0), t.size(1)};
+  return {t.size(0) * t.size(1), 1};
+}
+
+// at::parallel_for grain for loops over rows of `row_elems` elements: ~32k elements
+// per task.
+inline int64_t row_grain(int64_t row_elems) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems));
 }
 
 inline void check_float4d(const at::Tensor& t, const char* name) {

@@ -5,6 +5,7 @@ from torch import nn
 from ._common import pair
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop
+from .unpool import max_unpool2d
 
 
 class BilinearUpsample(nn.Module):
@@ -60,3 +61,12 @@ class ConvTranspose2dCrop(nn.ConvTranspose2d):
 
     def extra_repr(self):
         return super().extra_repr() + f", offset={self.offset}, size={self.size}"
+
+
+class MaxUnpool2d(nn.MaxUnpool2d):
+    """Drop-in for ``nn.MaxUnpool2d(kernel_size, stride=None, padding=0)`` (a subclass:
+    same attributes and repr), computing with :func:`fcn_kernels.max_unpool2d`."""
+
+    def forward(self, input, indices, output_size=None):
+        return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding,
+                            output_size)

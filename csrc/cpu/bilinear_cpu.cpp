@@ -171,12 +171,6 @@ void apply(const at::Tensor& src, at::Tensor& dst, int64_t P, int64_t V,
   if (V == 1) run(std::true_type{}); else run(std::false_type{});
 }
 
-// (P, V) of the (P, H, W, V) view for a tensor in `fmt`.
-inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::MemoryFormat fmt) {
-  if (fmt == at::MemoryFormat::ChannelsLast) return {t.size(0), t.size(1)};
-  return {t.size(0) * t.size(1), 1};
-}
-
 at::Tensor bilinear_upsample_cpu(const at::Tensor& self, at::IntArrayRef output_size,
                                  bool align_corners, std::optional<double> scale_h,
                                  std::optional<double> scale_w) {

@@ -223,12 +223,6 @@ at::Tensor diagonal_weight(const at::Tensor& w, int64_t G) {
       .contiguous();
 }
 
-// (P, V) of the (P, H, W, V) view.
-inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::MemoryFormat fmt) {
-  if (fmt == at::MemoryFormat::ChannelsLast) return {t.size(0), t.size(1)};
-  return {t.size(0) * t.size(1), 1};
-}
-
 at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias_opt,
                                      at::IntArrayRef stride, at::IntArrayRef padding,

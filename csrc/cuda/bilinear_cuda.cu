@@ -14,16 +14,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../common.h"
+#include "launch.cuh"
 
 namespace fcn_kernels {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline int64_t num_blocks(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
 template <typename scalar_t, typename index_t>
 __global__ void bilinear_forward_kernel(const scalar_t* __restrict__ x,
@@ -106,20 +101,6 @@ __global__ void bilinear_backward_cols_kernel(const at::opmath_type<scalar_t>* _
   }
 }
 
-inline int grid_for(int64_t total) {
-  // Grid-stride loops: cap the grid, every thread still covers its share.
-  return static_cast<int>(std::min<int64_t>(num_blocks(total), 65535 * 8));
-}
-
-inline bool fits_int32(const at::Tensor& a, const at::Tensor& b) {
-  constexpr int64_t lim = std::numeric_limits<int32_t>::max();
-  return a.numel() < lim && b.numel() < lim;
-}
-
-inline int64_t vec_of(const at::Tensor& t, at::MemoryFormat fmt) {
-  return fmt == at::MemoryFormat::ChannelsLast ? t.size(1) : 1;
-}
-
 at::Tensor bilinear_upsample_cuda(const at::Tensor& self, at::IntArrayRef output_size,
                                   bool align_corners, std::optional<double> scale_h,
                                   std::optional<double> scale_w) {
@@ -130,7 +111,7 @@ at::Tensor bilinear_upsample_cuda(const at::Tensor& self, at::IntArrayRef output
   at::Tensor y = at::empty({x.size(0), x.size(1), output_size[0], output_size[1]},
                            x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
-  const int64_t V = vec_of(x, fmt);
+  const int64_t V = planes_and_vec(x, fmt).second;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_upsample_cuda", [&] {
     auto launch = [&](auto index_zero) {
@@ -141,7 +122,7 @@ at::Tensor bilinear_upsample_cuda(const at::Tensor& self, at::IntArrayRef output
           scale_h.value_or(-1.0), scale_w.value_or(-1.0));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (fits_int32(x, y)) launch(int32_t(0)); else launch(int64_t(0));
+    if (fits_int32({x.numel(), y.numel()})) launch(int32_t(0)); else launch(int64_t(0));
   });
   return y;
 }
@@ -160,7 +141,7 @@ at::Tensor bilinear_upsample_backward_cuda(const at::Tensor& grad_output,
   const at::Tensor g = grad_output.contiguous(fmt);
   at::Tensor gx = at::empty(input_size, g.options().memory_format(fmt));
   if (gx.numel() == 0) return gx;
-  const int64_t V = vec_of(g, fmt);
+  const int64_t V = planes_and_vec(g, fmt).second;
   const int64_t IH = input_size[2], IW = input_size[3], OH = g.size(2), OW = g.size(3);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_upsample_backward_cuda", [&] {
@@ -180,7 +161,7 @@ at::Tensor bilinear_upsample_backward_cuda(const at::Tensor& grad_output,
               V, align_corners, scale_w.value_or(-1.0));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (fits_int32(g, rows) && gx.numel() < std::numeric_limits<int32_t>::max()) {
+    if (fits_int32({g.numel(), rows.numel(), gx.numel()})) {
       launch(int32_t(0));
     } else {
       launch(int64_t(0));

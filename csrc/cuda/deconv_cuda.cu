@@ -17,14 +17,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../common.h"
+#include "launch.cuh"
 
 namespace fcn_kernels {
 namespace {
-
-constexpr int kThreads = 256;
 
 struct Geom {
   int64_t N, cin_g, cout_g, C;   // C: channels of the tensor the thread writes
@@ -33,10 +30,6 @@ struct Geom {
   int64_t as[4], bs[4];  // element strides of the two read tensors
   bool cl, diag;         // thread order channels_last; channel-diagonal weight
 };
-
-inline int grid_for(int64_t total) {
-  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 // Decompose a linear index of a tensor (N, C, H, W) stored in NCHW or channels_last.
 template <typename index_t>
@@ -165,7 +158,7 @@ void set_strides(int64_t* dst, const at::Tensor& t) {
 
 template <typename F>
 void with_index_type(int64_t total, F&& f) {
-  if (total < std::numeric_limits<int32_t>::max()) f(int32_t(0)); else f(int64_t(0));
+  if (fits_int32({total})) f(int32_t(0)); else f(int64_t(0));
 }
 
 at::Tensor conv_transpose2d_crop_cuda(const at::Tensor& self, const at::Tensor& weight,

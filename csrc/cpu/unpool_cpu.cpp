@@ -1,0 +1,189 @@
+// Max-unpooling on CPU: forward (scatter by indices) and backward (gather by indices).
+//
+// Tensors are seen as (P, H, W, V) (common.h): P = N*C planes with V = 1 for NCHW, P = N
+// images of V = C channels for channels_last. Results are those of csrc/unpool.h: the
+// last input (row-major) wins when two inputs name the same output.
+//
+// Forward has two paths; neither makes a separate zero-fill pass over the whole output
+// (as ATen does) before scattering:
+// * rows: when pooling windows do not overlap vertically (stride_h >= kernel_h, e.g.
+//   FCN/SegNet's 2x2/2), window row h owns a block of output rows. A task zeroes that
+//   block (a few KiB to tens of KiB, so it stays in cache) and scatters input row h
+//   into it, checking that every index lands inside the block: each output cache line
+//   goes to memory once. Exact for any such indices; if one does not (not max-pool
+//   indices, or out of range), the general path redoes everything.
+// * general: any indices. A task zeroes one plane (or a block of channels of one
+//   channels_last image) and scatters all its inputs in order, checking the range.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "../unpool.h"
+
+namespace fcn_kernels {
+namespace {
+
+// `i` lies in [lo, lo + n) (one unsigned compare).
+inline bool in_range(int64_t i, int64_t lo, int64_t n) {
+  return static_cast<uint64_t>(i - lo) < static_cast<uint64_t>(n);
+}
+
+// Calls f(std::integral_constant<int64_t, 1>) for NCHW, f(int64_t V) otherwise, so the
+// innermost channel loop disappears for NCHW.
+template <typename F>
+void with_vec(int64_t V, F&& f) {
+  if (V == 1) {
+    f(std::integral_constant<int64_t, 1>{});
+  } else {
+    f(V);
+  }
+}
+
+// y[i * V + c] = x[w * V + c] for i = ind[w * V + c], w < n, c < cn, in order. False
+// (at once) if an index is outside [lo, lo + len).
+template <typename T, typename Cn, typename Vs>
+bool scatter(const T* __restrict__ x, const int64_t* __restrict__ ind, T* __restrict__ y,
+             int64_t n, Cn cn, Vs V, int64_t lo, int64_t len) {
+  for (int64_t w = 0; w < n; ++w) {
+    for (int64_t c = 0; c < cn; ++c) {
+      const int64_t i = ind[w * V + c];
+      if (!in_range(i, lo, len)) return false;
+      y[i * V + c] = x[w * V + c];
+    }
+  }
+  return true;
+}
+
+// Row-block fast path (stride_h >= kernel_h). False, with the output partly written,
+// as soon as an index falls outside its window row's block.
+template <typename T>
+bool forward_rows(const T* x, const int64_t* ind, T* y, const UnpoolProblem& u, int64_t sh,
+                  int64_t ph) {
+  std::atomic<bool> ok{true};
+  const int64_t IH = u.IH, IW = u.IW, OH = u.OH, OW = u.OW;
+  with_vec(u.V, [&](auto V) {
+    at::parallel_for(0, u.P * IH, row_grain(OW * V * sh), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end && ok.load(std::memory_order_relaxed); ++r) {
+        const int64_t h = r % IH;
+        const int64_t b0 = unpool_block_begin(h, IH, OH, sh, ph);
+        const int64_t b1 = unpool_block_begin(h + 1, IH, OH, sh, ph);
+        T* yp = y + (r / IH) * OH * OW * V;
+        std::memset(yp + b0 * OW * V, 0, (b1 - b0) * OW * V * sizeof(T));
+        if (!scatter(x + r * IW * V, ind + r * IW * V, yp, IW, V, V, b0 * OW,
+                     (b1 - b0) * OW)) {
+          ok.store(false, std::memory_order_relaxed);
+        }
+      }
+    });
+  });
+  return ok.load();
+}
+
+// General path: any indices. A task zeroes a plane (NCHW) or an image (channels_last)
+// and scatters its inputs in order. Channels_last images are split into channel blocks
+// only when there are fewer images than threads. False if an index is out of range.
+template <typename T>
+bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& u) {
+  std::atomic<bool> ok{true};
+  const int64_t in_plane = u.IH * u.IW, out_plane = u.OH * u.OW, V = u.V;
+  const int64_t nb = std::clamp<int64_t>(at::get_num_threads() / u.P, 1, (V + 15) / 16);
+  const int64_t CB = (V + nb - 1) / nb;
+  at::parallel_for(0, u.P * nb, row_grain(out_plane * CB), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end && ok.load(std::memory_order_relaxed); ++t) {
+      const int64_t p = t / nb, c0 = (t % nb) * CB, c1 = std::min(c0 + CB, V);
+      T* yp = y + p * out_plane * V;
+      const T* xp = x + p * in_plane * V;
+      const int64_t* ip = ind + p * in_plane * V;
+      bool good = true;
+      if (c1 - c0 == V) {
+        std::memset(yp, 0, out_plane * V * sizeof(T));
+        with_vec(V, [&](auto Vc) {
+          good = scatter(xp, ip, yp, in_plane, Vc, Vc, 0, out_plane);
+        });
+      } else {
+        for (int64_t o = 0; o < out_plane; ++o) {
+          std::fill(yp + o * V + c0, yp + o * V + c1, T(0));
+        }
+        good = scatter(xp + c0, ip + c0, yp + c0, in_plane, c1 - c0, V, 0, out_plane);
+      }
+      if (!good) ok.store(false, std::memory_order_relaxed);
+    }
+  });
+  return ok.load();
+}
+
+// grad_input[p, h, w, c] = grad_output[p, indices[p, h, w, c], c]. False if an index
+// is out of range (never read: index 0 is read instead).
+template <typename T>
+bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u) {
+  std::atomic<bool> ok{true};
+  const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
+  with_vec(u.V, [&](auto V) {
+    at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
+      bool good = true;
+      for (int64_t r = begin; r < end; ++r) {
+        const T* __restrict__ gp = g + (r / IH) * plane * V;
+        const int64_t* __restrict__ ir = ind + r * IW * V;
+        T* __restrict__ gr = gx + r * IW * V;
+        for (int64_t w = 0; w < IW; ++w) {
+          for (int64_t c = 0; c < V; ++c) {
+            const int64_t i = ir[w * V + c];
+            const bool in = in_range(i, 0, plane);
+            good &= in;
+            gr[w * V + c] = gp[(in ? i : 0) * V + c];  // no branch: faster
+          }
+        }
+      }
+      if (!good) ok.store(false, std::memory_order_relaxed);
+    });
+  });
+  return ok.load();
+}
+
+at::Tensor max_unpool2d_cpu(const at::Tensor& self, const at::Tensor& indices,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef output_size) {
+  UnpoolProblem u =
+      unpool_forward_problem(self, indices, kernel_size, stride, padding, output_size);
+  if (u.out.numel() == 0) return u.out;
+  bool ok = true;
+  dispatch_by_element_size(u.out, [&](auto zero) {
+    using T = decltype(zero);
+    const T* x = static_cast<const T*>(u.src.const_data_ptr());
+    const int64_t* ind = u.indices.const_data_ptr<int64_t>();
+    T* y = static_cast<T*>(u.out.mutable_data_ptr());
+    ok = (stride[0] >= kernel_size[0] && forward_rows(x, ind, y, u, stride[0], padding[0])) ||
+         forward_general(x, ind, y, u);
+  });
+  if (!ok) raise_bad_index(indices, u.OH, u.OW);
+  return u.out;
+}
+
+at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding) {
+  UnpoolProblem u = unpool_backward_problem(grad_output, indices, kernel_size, stride, padding);
+  if (u.out.numel() == 0) return u.out;
+  bool ok = true;
+  dispatch_by_element_size(u.out, [&](auto zero) {
+    using T = decltype(zero);
+    ok = backward_gather(static_cast<const T*>(u.src.const_data_ptr()),
+                         u.indices.const_data_ptr<int64_t>(),
+                         static_cast<T*>(u.out.mutable_data_ptr()), u);
+  });
+  if (!ok) raise_bad_index(indices, u.OH, u.OW);
+  return u.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fcn_kernels, CPU, m) {
+  m.impl("max_unpool2d", &max_unpool2d_cpu);
+  m.impl("max_unpool2d_backward", &max_unpool2d_backward_cpu);
+}
+
+}  // namespace fcn_kernels

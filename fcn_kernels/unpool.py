@@ -1,0 +1,152 @@
+"""Max-unpooling: ``torch.ops.fcn_kernels.max_unpool2d`` and its autograd."""
+import torch
+
+from ._common import FLOAT_DTYPES, empty_like_layout, pair
+
+_ops = torch.ops.fcn_kernels
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Partial inverse of max pooling; same result as
+    ``F.max_unpool2d(input, indices, kernel_size, stride, padding, output_size)``.
+
+    ``indices`` are those of ``F.max_pool2d(..., return_indices=True)``: for every input
+    element, the flat index of its position in its output plane. Every other output is
+    zero. ``input`` is (N, C, H, W) or (C, H, W); ``output_size`` is None (the default
+    size ``(H - 1) * stride - 2 * padding + kernel_size``), or 2 or 4 numbers (the last
+    two are used), within ``stride - 1`` of the default size, as for ``F.max_unpool2d``
+    (this is how ceil-mode pooling and odd sizes are undone).
+
+    Differences from ATen, all deliberate:
+
+    * When two inputs of a plane carry the same index (overlapping pooling windows can
+      produce such indices), the input that comes last in row-major (h, w) order wins,
+      on CPU and CUDA, in every layout and on every run (ATen's CPU kernel races there
+      and its CUDA result is unspecified). The gradient is ATen's: each input receives
+      the output gradient at its index, a gather; with such duplicate indices that is
+      not the derivative of "last wins", exactly as in ATen.
+    * An index outside the output plane raises an IndexError naming it, on CUDA too (no
+      device-side assert). Checking costs the CUDA forward and backward one host sync.
+    * kernel_size and stride must be positive and padding non-negative (ATen accepts
+      anything that gives a non-negative size), and the output must be non-empty.
+    * Works under ``torch.use_deterministic_algorithms(True)`` (ATen raises).
+
+    The output is channels_last when the input is. Backward is deterministic.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() not in (3, 4):
+        raise ValueError("input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got "
+                         f"shape {tuple(input.shape)}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype != torch.int64:
+        raise TypeError("indices must be an int64 tensor (as returned by "
+                        f"max_pool2d(..., return_indices=True)), got {indices.dtype}")
+    if indices.shape != input.shape:
+        raise ValueError(f"indices must have the shape of input {tuple(input.shape)}, got "
+                         f"{tuple(indices.shape)}")
+    if indices.device != input.device:
+        raise ValueError(
+            f"indices must be on the device of input ({input.device}), got {indices.device}")
+
+    kernel_size = pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None else pair(stride, "stride")
+    padding = pair(padding, "padding")
+    for name, values, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                                ("padding", padding, 0)):
+        if any(not isinstance(v, torch.SymInt) and v < least for v in values):
+            what = "positive" if least else "non-negative"
+            raise ValueError(f"{name} must be {what}, got {values!r}")
+    if input.shape[-2] == 0 or input.shape[-1] == 0:
+        raise ValueError(
+            f"input must have non-empty spatial dimensions, got shape {tuple(input.shape)}")
+    size = _output_size(input.shape[-2:], kernel_size, stride, padding, output_size)
+
+    if input.dim() == 3:
+        return _ops.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), list(kernel_size),
+                                 list(stride), list(padding), size).squeeze(0)
+    return _ops.max_unpool2d(input, indices, list(kernel_size), list(stride), list(padding),
+                             size)
+
+
+def _output_size(in_hw, kernel_size, stride, padding, output_size):
+    """F.max_unpool2d's output size rule (torch.nn.functional._unpool_output_size)."""
+    default = [(n - 1) * s + k - 2 * p
+               for n, k, s, p in zip(in_hw, kernel_size, stride, padding)]
+    if output_size is None:
+        if any(v <= 0 for v in default):
+            raise ValueError(
+                f"kernel_size {kernel_size}, stride {stride} and padding {padding} give an "
+                f"empty output for input of spatial size {tuple(in_hw)}")
+        return default
+    if not isinstance(output_size, (list, tuple, torch.Size)):
+        raise TypeError(f"output_size must be a sequence of 2 or 4 integers, got {output_size!r}")
+    if len(output_size) not in (2, 4):
+        raise ValueError("output_size must have 2 or 4 elements (the last two are used), "
+                         f"got {len(output_size)}: {output_size!r}")
+    size = list(pair(tuple(output_size[-2:]), "output_size"))
+    for d in range(2):
+        lo, hi = default[d] - stride[d], default[d] + stride[d]
+        if not lo < size[d] < hi:
+            raise ValueError(
+                f"invalid output_size {tuple(output_size)!r}: dim {d} must be strictly "
+                f"between {lo} and {hi} for input of spatial size {tuple(in_hw)}, "
+                f"kernel_size {kernel_size}, stride {stride} and padding {padding}")
+        if size[d] <= 0:
+            raise ValueError(f"output_size must be positive, got {tuple(output_size)!r}")
+    return size
+
+
+@torch.library.register_fake("fcn_kernels::max_unpool2d")
+def _fake_forward(x, indices, kernel_size, stride, padding, output_size):
+    torch._check(x.dim() == 4, lambda: "input must be 4-D")
+    torch._check(indices.shape == x.shape, lambda: "indices must have the shape of input")
+    return empty_like_layout(x, (x.shape[0], x.shape[1], output_size[0], output_size[1]))
+
+
+@torch.library.register_fake("fcn_kernels::max_unpool2d_backward")
+def _fake_backward(grad_output, indices, kernel_size, stride, padding):
+    torch._check(grad_output.dim() == 4 and indices.dim() == 4,
+                 lambda: "grad_output and indices must be 4-D")
+    return empty_like_layout(grad_output, indices.shape)
+
+
+def _setup_forward(ctx, inputs, output):
+    _, indices, kernel_size, stride, padding, _ = inputs
+    ctx.save_for_backward(indices)
+    ctx.args = (kernel_size, stride, padding)
+
+
+def _backward_forward(ctx, grad):
+    (indices,) = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _ops.max_unpool2d_backward(grad, indices, *ctx.args)
+    return grad_input, None, None, None, None, None
+
+
+def _setup_backward(ctx, inputs, output):
+    grad_output, indices, _, _, _ = inputs
+    ctx.save_for_backward(indices)
+    ctx.out_hw = tuple(grad_output.shape[2:])
+
+
+def _backward_backward(ctx, grad):
+    # The backward op is the gather g -> g[indices]; its adjoint scatters grad into the
+    # unpooled planes and sums where indices repeat (as ATen's double backward does;
+    # without repeats it equals the forward op).
+    (indices,) = ctx.saved_tensors
+    n, c = indices.shape[:2]
+    flat = grad.new_zeros((n, c, ctx.out_hw[0] * ctx.out_hw[1]))
+    flat = flat.scatter_add(2, indices.reshape(n, c, -1), grad.reshape(n, c, -1))
+    return flat.view(n, c, *ctx.out_hw), None, None, None, None
+
+
+torch.library.register_autograd(
+    "fcn_kernels::max_unpool2d", _backward_forward, setup_context=_setup_forward)
+torch.library.register_autograd(
+    "fcn_kernels::max_unpool2d_backward", _backward_backward, setup_context=_setup_backward)
