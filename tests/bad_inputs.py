@@ -79,7 +79,8 @@ def unpool_cases(dev):
     x = t(1, 2, 4, 4, device=dev)
     y, idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
     f = fk.max_unpool2d
-    yield "rank 3", lambda: f(y[0], idx[0], 2), ValueError, "input"
+    yield "rank 2", lambda: f(y[0, 0], idx[0, 0], 2), ValueError, "input"
+    yield "rank 5", lambda: f(y[None], idx[None], 2), ValueError, "input"
     yield "index out of range", lambda: f(y, idx + 100, 2), (ValueError, IndexError, RuntimeError), "indices"
     yield "negative index", lambda: f(y, idx - 100, 2), (ValueError, IndexError, RuntimeError), "indices"
     yield "float indices", lambda: f(y, idx.float(), 2), TypeError, "indices"
