@@ -6,7 +6,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -115,12 +114,6 @@ inline at::MemoryFormat layout_of(const at::Tensor& t) {
 inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::MemoryFormat fmt) {
   if (fmt == at::MemoryFormat::ChannelsLast) return {t.size(0), t.size(1)};
   return {t.size(0) * t.size(1), 1};
-}
-
-// at::parallel_for grain for loops over rows of `row_elems` elements: ~32k elements
-// per task.
-inline int64_t row_grain(int64_t row_elems) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems));
 }
 
 inline void check_float4d(const at::Tensor& t, const char* name) {

@@ -32,6 +32,12 @@ inline bool in_range(int64_t i, int64_t lo, int64_t n) {
   return static_cast<uint64_t>(i - lo) < static_cast<uint64_t>(n);
 }
 
+// at::parallel_for grain for loops over rows of `row_elems` elements: ~32k elements
+// per task.
+inline int64_t row_grain(int64_t row_elems) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems));
+}
+
 // Calls f(std::integral_constant<int64_t, 1>) for NCHW, f(int64_t V) otherwise, so the
 // innermost channel loop disappears for NCHW.
 template <typename F>
