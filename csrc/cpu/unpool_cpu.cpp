@@ -27,9 +27,19 @@
 namespace fcn_kernels {
 namespace {
 
-// `i` lies in [lo, lo + n) (one unsigned compare).
-inline bool in_range(int64_t i, int64_t lo, int64_t n) {
-  return static_cast<uint64_t>(i - lo) < static_cast<uint64_t>(n);
+// True when every ind[k], k < count, lies in [lo, lo + len). Branch-free (the top bit of
+// (i - lo) | (lo + len - 1 - i), in wrapping unsigned arithmetic, is set exactly when i is
+// outside), so it vectorises; the loops below check a row this way first and then move
+// elements without per-element checks.
+inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t lo,
+                         int64_t len) {
+  const uint64_t first = static_cast<uint64_t>(lo), last = first + len - 1;
+  uint64_t acc = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    const uint64_t i = static_cast<uint64_t>(ind[k]);
+    acc |= (i - first) | (last - i);
+  }
+  return (acc >> 63) == 0;
 }
 
 // at::parallel_for grain for loops over rows of `row_elems` elements: ~32k elements
@@ -49,19 +59,14 @@ void with_vec(int64_t V, F&& f) {
   }
 }
 
-// y[i * V + c] = x[w * V + c] for i = ind[w * V + c], w < n, c < cn, in order. False
-// (at once) if an index is outside [lo, lo + len).
+// y[i * V + c] = x[w * V + c] for i = ind[w * V + c], w < n, c < cn, in order (the
+// indices already checked).
 template <typename T, typename Cn, typename Vs>
-bool scatter(const T* __restrict__ x, const int64_t* __restrict__ ind, T* __restrict__ y,
-             int64_t n, Cn cn, Vs V, int64_t lo, int64_t len) {
+void scatter(const T* __restrict__ x, const int64_t* __restrict__ ind, T* __restrict__ y,
+             int64_t n, Cn cn, Vs V) {
   for (int64_t w = 0; w < n; ++w) {
-    for (int64_t c = 0; c < cn; ++c) {
-      const int64_t i = ind[w * V + c];
-      if (!in_range(i, lo, len)) return false;
-      y[i * V + c] = x[w * V + c];
-    }
+    for (int64_t c = 0; c < cn; ++c) y[ind[w * V + c] * V + c] = x[w * V + c];
   }
-  return true;
 }
 
 // Row-block fast path (stride_h >= kernel_h). False, with the output partly written,
@@ -77,12 +82,13 @@ bool forward_rows(const T* x, const int64_t* ind, T* y, const UnpoolProblem& u, 
         const int64_t h = r % IH;
         const int64_t b0 = unpool_block_begin(h, IH, OH, sh, ph);
         const int64_t b1 = unpool_block_begin(h + 1, IH, OH, sh, ph);
+        if (!all_in_range(ind + r * IW * V, IW * V, b0 * OW, (b1 - b0) * OW)) {
+          ok.store(false, std::memory_order_relaxed);
+          break;
+        }
         T* yp = y + (r / IH) * OH * OW * V;
         std::memset(yp + b0 * OW * V, 0, (b1 - b0) * OW * V * sizeof(T));
-        if (!scatter(x + r * IW * V, ind + r * IW * V, yp, IW, V, V, b0 * OW,
-                     (b1 - b0) * OW)) {
-          ok.store(false, std::memory_order_relaxed);
-        }
+        scatter(x + r * IW * V, ind + r * IW * V, yp, IW, V, V);
       }
     });
   });
@@ -104,47 +110,44 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
       T* yp = y + p * out_plane * V;
       const T* xp = x + p * in_plane * V;
       const int64_t* ip = ind + p * in_plane * V;
-      bool good = true;
+      if (!all_in_range(ip, in_plane * V, 0, out_plane)) {  // (all channels: simpler)
+        ok.store(false, std::memory_order_relaxed);
+        break;
+      }
       if (c1 - c0 == V) {
         std::memset(yp, 0, out_plane * V * sizeof(T));
-        with_vec(V, [&](auto Vc) {
-          good = scatter(xp, ip, yp, in_plane, Vc, Vc, 0, out_plane);
-        });
+        with_vec(V, [&](auto Vc) { scatter(xp, ip, yp, in_plane, Vc, Vc); });
       } else {
         for (int64_t o = 0; o < out_plane; ++o) {
           std::fill(yp + o * V + c0, yp + o * V + c1, T(0));
         }
-        good = scatter(xp + c0, ip + c0, yp + c0, in_plane, c1 - c0, V, 0, out_plane);
+        scatter(xp + c0, ip + c0, yp + c0, in_plane, c1 - c0, V);
       }
-      if (!good) ok.store(false, std::memory_order_relaxed);
     }
   });
   return ok.load();
 }
 
 // grad_input[p, h, w, c] = grad_output[p, indices[p, h, w, c], c]. False if an index
-// is out of range (never read: index 0 is read instead).
+// is out of range.
 template <typename T>
 bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
   with_vec(u.V, [&](auto V) {
     at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
-      bool good = true;
       for (int64_t r = begin; r < end; ++r) {
-        const T* __restrict__ gp = g + (r / IH) * plane * V;
         const int64_t* __restrict__ ir = ind + r * IW * V;
+        if (!all_in_range(ir, IW * V, 0, plane)) {
+          ok.store(false, std::memory_order_relaxed);
+          return;
+        }
+        const T* __restrict__ gp = g + (r / IH) * plane * V;
         T* __restrict__ gr = gx + r * IW * V;
         for (int64_t w = 0; w < IW; ++w) {
-          for (int64_t c = 0; c < V; ++c) {
-            const int64_t i = ir[w * V + c];
-            const bool in = in_range(i, 0, plane);
-            good &= in;
-            gr[w * V + c] = gp[(in ? i : 0) * V + c];  // no branch: faster
-          }
+          for (int64_t c = 0; c < V; ++c) gr[w * V + c] = gp[ir[w * V + c] * V + c];
         }
       }
-      if (!good) ok.store(false, std::memory_order_relaxed);
     });
   });
   return ok.load();
