@@ -42,11 +42,16 @@ def want_cuda() -> bool:
 
 def extension():
     sources = ["csrc/fcn_kernels.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"]  # the C++ standard is left to torch (2.14 needs C++20)
+    # The C++ standard is left to torch (2.14 needs C++20). -fopenmp: at::parallel_for
+    # is inline in torch's headers and runs serially unless _OPENMP is defined; the
+    # libgomp it links is torch's own (same soname, already loaded by `import torch`).
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "fcn_kernels._C", sources, extra_compile_args={"cxx": cxx},
-            include_dirs=[os.path.join(HERE, "csrc")], py_limited_api=False)
+            extra_link_args=link, include_dirs=[os.path.join(HERE, "csrc")],
+            py_limited_api=False)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # No GPU to ask: torch would otherwise compile for every architecture it
         # knows (slow). Hopper (H100/H200) plus PTX, which the driver JIT-compiles
@@ -58,7 +63,7 @@ def extension():
     return cpp_extension.CUDAExtension(
         "fcn_kernels._C", sources,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-        include_dirs=[os.path.join(HERE, "csrc")])
+        extra_link_args=link, include_dirs=[os.path.join(HERE, "csrc")])
 
 
 setup(
