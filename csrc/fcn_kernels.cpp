@@ -26,12 +26,15 @@ TORCH_LIBRARY(fcn_kernels, m) {
       "bool align_corners, float? scale_h, float? scale_w) -> Tensor");
 
   // --- max unpooling (== F.max_unpool2d) -----------------------------------------
+  // check_indices=False: the indices were validated by the forward (autograd's call),
+  // so the CUDA backward may skip the host sync that raising an IndexError needs
+  // (entries out of range then read as 0). CPU kernels always check.
   m.def(
       "max_unpool2d(Tensor self, Tensor indices, int[2] kernel_size, int[2] stride, "
       "int[2] padding, SymInt[2] output_size) -> Tensor");
   m.def(
       "max_unpool2d_backward(Tensor grad_output, Tensor indices, int[2] kernel_size, "
-      "int[2] stride, int[2] padding) -> Tensor");
+      "int[2] stride, int[2] padding, bool check_indices=True) -> Tensor");
 
   // --- fused transposed convolution + crop ---------------------------------------
   // == F.conv_transpose2d(...)[..., offset[0]:offset[0]+size[0],

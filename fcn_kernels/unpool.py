@@ -26,7 +26,8 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
       the output gradient at its index, a gather; with such duplicate indices that is
       not the derivative of "last wins", exactly as in ATen.
     * An index outside the output plane raises an IndexError naming it, on CUDA too (no
-      device-side assert). Checking costs the CUDA forward and backward one host sync.
+      device-side assert). Checking costs the CUDA forward one host sync (so it cannot
+      be captured in a CUDA graph); the backward relies on that check and does not sync.
     * kernel_size and stride must be positive and padding non-negative (ATen accepts
       anything that gives a non-negative size), and the output must be non-empty.
     * Works under ``torch.use_deterministic_algorithms(True)`` (ATen raises).
@@ -109,7 +110,7 @@ def _fake_forward(x, indices, kernel_size, stride, padding, output_size):
 
 
 @torch.library.register_fake("fcn_kernels::max_unpool2d_backward")
-def _fake_backward(grad_output, indices, kernel_size, stride, padding):
+def _fake_backward(grad_output, indices, kernel_size, stride, padding, check_indices=True):
     torch._check(grad_output.dim() == 4 and indices.dim() == 4,
                  lambda: "grad_output and indices must be 4-D")
     return empty_like_layout(grad_output, indices.shape)
@@ -125,12 +126,14 @@ def _backward_forward(ctx, grad):
     (indices,) = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:
-        grad_input = _ops.max_unpool2d_backward(grad, indices, *ctx.args)
+        # The forward checked the indices, and autograd refuses a saved tensor changed
+        # in place since: the CUDA kernel can skip its host sync (check_indices=False).
+        grad_input = _ops.max_unpool2d_backward(grad, indices, *ctx.args, False)
     return grad_input, None, None, None, None, None
 
 
 def _setup_backward(ctx, inputs, output):
-    grad_output, indices, _, _, _ = inputs
+    grad_output, indices = inputs[:2]
     ctx.save_for_backward(indices)
     ctx.out_hw = tuple(grad_output.shape[2:])
 
@@ -143,7 +146,7 @@ def _backward_backward(ctx, grad):
     n, c = indices.shape[:2]
     flat = grad.new_zeros((n, c, ctx.out_hw[0] * ctx.out_hw[1]))
     flat = flat.scatter_add(2, indices.reshape(n, c, -1), grad.reshape(n, c, -1))
-    return flat.view(n, c, *ctx.out_hw), None, None, None, None
+    return flat.view(n, c, *ctx.out_hw), None, None, None, None, None
 
 
 torch.library.register_autograd(

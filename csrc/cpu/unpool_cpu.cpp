@@ -174,7 +174,7 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& self, const at::Tensor& indices,
 
 at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                     at::IntArrayRef padding) {
+                                     at::IntArrayRef padding, bool /*check_indices: always*/) {
   UnpoolProblem u = unpool_backward_problem(grad_output, indices, kernel_size, stride, padding);
   if (u.out.numel() == 0) return u.out;
   bool ok = true;

@@ -24,6 +24,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "../unpool.h"
 #include "launch.cuh"
 
@@ -116,7 +118,8 @@ __global__ void unpool_gather_winner_kernel(const T* __restrict__ x,
   }
 }
 
-// grad_input[p, j, c] = grad_output[p, indices[p, j, c], c] (0 where out of range).
+// grad_input[p, j, c] = grad_output[p, indices[p, j, c], c] (0 where out of range,
+// flagged in *bad unless bad is null).
 template <typename T, typename index_t>
 __global__ void unpool_backward_kernel(const T* __restrict__ g, const int64_t* __restrict__ ind,
                                        T* __restrict__ gx, index_t total, index_t in_plane,
@@ -126,7 +129,7 @@ __global__ void unpool_backward_kernel(const T* __restrict__ g, const int64_t* _
     const index_t c = k % V, p = k / V / in_plane;
     const int64_t i = ind[k];
     if (i < 0 || i >= out_plane) {
-      *bad = 1;
+      if (bad != nullptr) *bad = 1;
       gx[k] = T(0);
     } else {
       gx[k] = g[(p * out_plane + static_cast<index_t>(i)) * V + c];
@@ -196,12 +199,13 @@ at::Tensor max_unpool2d_cuda(const at::Tensor& self, const at::Tensor& indices,
 
 at::Tensor max_unpool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
                                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding) {
+                                      at::IntArrayRef padding, bool check_indices) {
   c10::cuda::CUDAGuard guard(grad_output.device());
   UnpoolProblem u = unpool_backward_problem(grad_output, indices, kernel_size, stride, padding);
   if (u.out.numel() == 0) return u.out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  Flag bad(u.out);
+  std::optional<Flag> bad;  // no flag, no host sync, when the forward checked already
+  if (check_indices) bad.emplace(u.out);
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
     auto run = [&](auto index_zero) {
@@ -209,12 +213,12 @@ at::Tensor max_unpool2d_backward_cuda(const at::Tensor& grad_output, const at::T
       unpool_backward_kernel<T, index_t><<<grid_for(u.out.numel()), kThreads, 0, stream>>>(
           static_cast<const T*>(u.src.const_data_ptr()), u.indices.const_data_ptr<int64_t>(),
           static_cast<T*>(u.out.mutable_data_ptr()), u.out.numel(), u.IH * u.IW, u.OH * u.OW,
-          u.V, bad.ptr());
+          u.V, bad ? bad->ptr() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (fits_int32({u.src.numel(), u.out.numel()})) run(int32_t{}); else run(int64_t{});
   });
-  if (bad.raised()) raise_bad_index(indices, u.OH, u.OW);
+  if (bad && bad->raised()) raise_bad_index(indices, u.OH, u.OW);
   return u.out;
 }
 
