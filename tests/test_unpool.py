@@ -212,6 +212,15 @@ def test_duplicates_same_everywhere(device):
             assert_same(out, expected)
 
 
+class DeterministicAlgorithms:
+    def __enter__(self):
+        self.prev = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.prev)
+
+
 def test_deterministic_mode(device):
     y, i = pooled((2, 8, 20, 20), 3, 2, 1, False, device=device)
     g = torch.randn(2, 8, 20, 20, device=device)
@@ -223,15 +232,7 @@ def test_deterministic_mode(device):
             (gx,) = torch.autograd.grad(out, yy, g)
             runs.append((out, gx))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-
-
-class DeterministicAlgorithms:
-    def __enter__(self):
-        self.prev = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc):
-        torch.use_deterministic_algorithms(self.prev)
+    assert_same(runs[0][0], reference(y, i, (20, 20)))
 
 
 # ---------------------------------------------------------------------------------
