@@ -29,8 +29,8 @@ namespace {
 
 // True when every ind[k], k < count, lies in [lo, lo + len). Branch-free (the top bit of
 // (i - lo) | (lo + len - 1 - i), in wrapping unsigned arithmetic, is set exactly when i is
-// outside), so it vectorises; the loops below check a row this way first and then move
-// elements without per-element checks.
+// outside), so it vectorises; the forward paths check a row (or plane) this way before
+// zeroing and scattering it.
 inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t lo,
                          int64_t len) {
   const uint64_t first = static_cast<uint64_t>(lo), last = first + len - 1;
@@ -128,25 +128,31 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
   return ok.load();
 }
 
-// grad_input[p, h, w, c] = grad_output[p, indices[p, h, w, c], c]. False if an index
-// is out of range.
+// grad_input[p, j, c] = grad_output[p, indices[p, j, c], c]. False if an index is out
+// of range.
 template <typename T>
 bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
   with_vec(u.V, [&](auto V) {
     at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t* __restrict__ ir = ind + r * IW * V;
-        if (!all_in_range(ir, IW * V, 0, plane)) {
-          ok.store(false, std::memory_order_relaxed);
-          return;
+      for (int64_t r = begin; r < end;) {  // the task's rows, one plane at a time
+        const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
+        const T* __restrict__ gp = g + p * plane * V;
+        const int64_t* __restrict__ ip = ind + r * IW * V;
+        T* __restrict__ out = gx + r * IW * V;
+        const int64_t n = (stop - r) * IW;
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t c = 0; c < V; ++c) {
+            const uint64_t i = static_cast<uint64_t>(ip[j * V + c]);
+            if (i >= static_cast<uint64_t>(plane)) {
+              ok.store(false, std::memory_order_relaxed);
+              return;
+            }
+            out[j * V + c] = gp[i * V + c];
+          }
         }
-        const T* __restrict__ gp = g + (r / IH) * plane * V;
-        T* __restrict__ gr = gx + r * IW * V;
-        for (int64_t w = 0; w < IW; ++w) {
-          for (int64_t c = 0; c < V; ++c) gr[w * V + c] = gp[ir[w * V + c] * V + c];
-        }
+        r = stop;
       }
     });
   });
