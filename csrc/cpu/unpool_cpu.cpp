@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 
 #include "../unpool.h"
 
@@ -29,8 +30,8 @@ namespace {
 
 // True when every ind[k], k < count, lies in [lo, lo + len). Branch-free (the top bit of
 // (i - lo) | (lo + len - 1 - i), in wrapping unsigned arithmetic, is set exactly when i is
-// outside), so it vectorises; the loops below check a row this way first and then move
-// elements without per-element checks.
+// outside), so it vectorises; the forward paths check a row (or plane) this way before
+// zeroing and scattering it.
 inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t lo,
                          int64_t len) {
   const uint64_t first = static_cast<uint64_t>(lo), last = first + len - 1;
@@ -128,25 +129,50 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
   return ok.load();
 }
 
-// grad_input[p, h, w, c] = grad_output[p, indices[p, h, w, c], c]. False if an index
-// is out of range.
+// out[j * V + c] = g[ind[j * V + c] * V + c] for j < n, c < V. False (at once) if an
+// index is outside [0, plane).
+template <typename T, typename Vec>
+bool gather(const T* __restrict__ g, const int64_t* __restrict__ ind, T* __restrict__ out,
+            int64_t n, int64_t plane, Vec V) {
+  int64_t j = 0;
+  if constexpr (!std::is_same_v<Vec, int64_t>) {  // NCHW: 4 at a time, one check
+    const uint64_t lim = static_cast<uint64_t>(plane);
+    for (; j + 4 <= n; j += 4) {
+      const uint64_t i0 = ind[j], i1 = ind[j + 1], i2 = ind[j + 2], i3 = ind[j + 3];
+      if ((i0 >= lim) | (i1 >= lim) | (i2 >= lim) | (i3 >= lim)) return false;
+      const T a = g[i0], b = g[i1], c = g[i2], d = g[i3];
+      out[j] = a;
+      out[j + 1] = b;
+      out[j + 2] = c;
+      out[j + 3] = d;
+    }
+  }
+  for (; j < n; ++j) {
+    for (int64_t c = 0; c < V; ++c) {
+      const uint64_t i = static_cast<uint64_t>(ind[j * V + c]);
+      if (i >= static_cast<uint64_t>(plane)) return false;
+      out[j * V + c] = g[i * V + c];
+    }
+  }
+  return true;
+}
+
+// grad_input[p, j, c] = grad_output[p, indices[p, j, c], c], a task's rows gathered one
+// plane at a time. False if an index is out of range.
 template <typename T>
 bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
   with_vec(u.V, [&](auto V) {
     at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t* __restrict__ ir = ind + r * IW * V;
-        if (!all_in_range(ir, IW * V, 0, plane)) {
+      for (int64_t r = begin; r < end;) {
+        const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
+        if (!gather(g + p * plane * V, ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
+                    plane, V)) {
           ok.store(false, std::memory_order_relaxed);
           return;
         }
-        const T* __restrict__ gp = g + (r / IH) * plane * V;
-        T* __restrict__ gr = gx + r * IW * V;
-        for (int64_t w = 0; w < IW; ++w) {
-          for (int64_t c = 0; c < V; ++c) gr[w * V + c] = gp[ir[w * V + c] * V + c];
-        }
+        r = stop;
       }
     });
   });
