@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-train", type=_positive_int, default=256, help="training images (default 256)")
     demo.add_argument("--num-val", type=_positive_int, default=64, help="validation images (default 64)")
     demo.add_argument("--batch-size", type=_positive_int, default=8)
-    demo.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: tiny's, 5e-2)")
+    demo.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: tiny's, 0.1)")
     demo.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     demo.add_argument("--data-seed", type=int, default=0, help="which generated images (default 0)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--loss", default="mean", choices=("mean", "sum"),
                    help="mean over labelled pixels (default) or per-image sum (classic port)")
     o.add_argument("--lr", type=_positive_float, default=None,
-                   help="default: mean loss vgg16 1e-4, alexnet 1e-3, googlenet 1e-5, tiny 5e-2; "
+                   help="default: mean loss vgg16 1e-4, alexnet 1e-3, googlenet 1e-5, tiny 0.1; "
                         "sum loss 1e-10")
     o.add_argument("--momentum", type=float, default=None, help="default 0.9 (mean) / 0.99 (sum)")
     o.add_argument("--weight-decay", type=float, default=5e-4)

@@ -144,7 +144,7 @@ def render_synthetic(rng, size):
 
     objects = []  # (class, mask)
     for _ in range(rng.integers(1, 3)):  # rings: thin annulus around a hole
-        r_out = rng.uniform(6, 13) * s
+        r_out = rng.uniform(7, 20) * s
         r_in = r_out - rng.uniform(1.8, 3.5) * s
         cy, cx = rng.uniform(0.15 * h, 0.85 * h), rng.uniform(0.15 * w, 0.85 * w)
         d = np.hypot(yy - cy, xx - cx)
@@ -161,7 +161,7 @@ def render_synthetic(rng, size):
         objects.append((2, m))
     for _ in range(rng.integers(0, 3)):  # crosses: two thin bars
         cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
-        arm, half = rng.uniform(4, 9) * s, rng.uniform(1.0, 2.0) * s
+        arm, half = rng.uniform(5, 13) * s, rng.uniform(1.0, 2.0) * s
         m = ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | \
             ((np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half))
         objects.append((4, m))

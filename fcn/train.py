@@ -6,7 +6,7 @@ checkpoints with resume, reproducible seeding, AMP on CUDA, DDP through torchrun
 
 Learning rates (see docs/training.md). With the pixel-averaged loss (``loss="mean"``,
 the default) and momentum 0.9 the defaults are the paper's fixed rates: AlexNet 1e-3,
-VGG16 1e-4, GoogLeNet 1e-5 (tiny, trained from scratch: 5e-2). With ``loss="sum"``
+VGG16 1e-4, GoogLeNet 1e-5 (tiny, trained from scratch: 0.1). With ``loss="sum"``
 (the per-image sum of pixel losses, as the Caffe models and the classic PyTorch port
 use) the defaults are the port's: lr 1e-10, momentum 0.99, batch 1. The two agree
 when ``lr_mean ~= lr_sum * pixels_per_image * (1 - 0.9) / (1 - 0.99)``: a 500x375 VOC
@@ -36,7 +36,7 @@ __all__ = ["TrainConfig", "train", "default_lr", "default_momentum", "stages_for
 CHECKPOINT_FORMAT = "fcn-kernels-checkpoint-1"
 
 # pixel-averaged loss, momentum 0.9 (FCN paper, section 4.1; tiny: tuned for the demo)
-MEAN_LOSS_LR = {"alexnet": 1e-3, "vgg16": 1e-4, "googlenet": 1e-5, "tiny": 5e-2}
+MEAN_LOSS_LR = {"alexnet": 1e-3, "vgg16": 1e-4, "googlenet": 1e-5, "tiny": 0.1}
 SUM_LOSS_LR = 1e-10          # classic port: summed loss, batch 1
 SUM_LOSS_MOMENTUM = 0.99
 MEAN_LOSS_MOMENTUM = 0.9

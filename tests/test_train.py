@@ -179,3 +179,24 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     # evaluation: each rank scored half of the 4 val images, summed by all_reduce
     for k in ("acc", "mean_iu"):
         assert a["metrics"][k] == pytest.approx(b["metrics"][k], abs=1e-6)
+
+
+def test_autocast_hooks_run_upsampling_in_float32():
+    # Under autocast the score maps are low precision while the frozen bilinear
+    # deconvolution weights stay float32; the fused operator needs one dtype, so training
+    # with AMP casts the upsampling inputs up (checked here with CPU bfloat16 autocast).
+    from fcn.models import build_model
+    torch.manual_seed(0)
+    m = build_model("fcn8s", backbone="tiny", num_classes=5).eval()
+    with torch.no_grad():
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            getattr(m, name).weight.normal_(0, 0.1)
+    x = torch.randn(1, 3, 32, 32)
+    ref = m(x)
+    hooks = T._amp_hooks(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.float32
+    assert (y - ref).abs().max() <= 0.05 * ref.abs().max()
+    for h in hooks:
+        h.remove()
