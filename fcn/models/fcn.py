@@ -72,23 +72,26 @@ class _FCN(nn.Module):
             self._skip_offsets = []
             self._skip_ups = []
             return
-        # h = upscore2(score_fr) (+ crop of score_pool4) -> upscore_pool4 (+ pool3) -> final
+        # h = upscore2(score_fr) (+ crop of score_pool4) -> upscore_pool4 (+ pool3) -> final.
+        # Modules are registered in the classic port's order (score_fr, score_pool3,
+        # score_pool4, upscore2, upscore8/16, upscore_pool4): same state_dict order.
         skip_up = {"pool4": "upscore2", "pool3": "upscore_pool4"}
         self._skip_ups, self._skip_offsets = [], []
         h = score_coord
-        for i, skip in enumerate(self.skip_names):
-            layer, channels = spec.skips[skip]
-            name = skip_up[skip]
+        for skip in self.skip_names:
             h = h.deconv(4, 2)
-            setattr(self, name, self._upscore(4, 2, 0))
-            setattr(self, f"score_{skip}", nn.Conv2d(channels, n, 1))
-            self._skip_ups.append(name)
-            self._skip_offsets.append(crop_offset(coords[layer], h))
+            self._skip_ups.append(skip_up[skip])
+            self._skip_offsets.append(crop_offset(coords[spec.skips[skip][0]], h))
+        for skip in reversed(self.skip_names):
+            setattr(self, f"score_{skip}", nn.Conv2d(spec.skips[skip][1], n, 1))
+        self.upscore2 = self._upscore(4, 2, 0)
         stride = int(h.a)
         k = 2 * stride
-        name = {16: "upscore16", 8: "upscore8"}[stride]
-        setattr(self, name, self._upscore(k, stride, crop_offset(h.deconv(k, stride), Coord())))
-        self._final = name
+        self._final = {16: "upscore16", 8: "upscore8"}[stride]
+        setattr(self, self._final,
+                self._upscore(k, stride, crop_offset(h.deconv(k, stride), Coord())))
+        if "pool3" in self.skip_names:
+            self.upscore_pool4 = self._upscore(4, 2, 0)
 
     @torch.no_grad()
     def reset_head(self):

@@ -49,6 +49,9 @@ class FCNUnpool(nn.Module):
             c_out = chans[self._pools[i - 1]] if i > 0 else chans[pool]
             setattr(self, f"deconv{b}", nn.Conv2d(chans[pool], c_out, 3, padding=1))
         self.score = nn.Conv2d(chans[self._pools[0]], num_classes, 1)
+        if pretrained is not None:
+            from .weights import load_backbone_weights
+            load_backbone_weights(self, pretrained)
 
     def set_upsample(self, mode):
         self.upsample = up.check_mode(mode, ("unpool",))
