@@ -12,7 +12,7 @@ import fcn
 from fcn.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--size", "32", "--num-train", "8", "--num-val", "4", "--batch-size", "4"]
+TINY = ["--size", "24", "--num-train", "4", "--num-val", "2", "--batch-size", "2"]
 
 
 def test_version_and_help(capsys):
@@ -50,7 +50,7 @@ def test_eval_prints_table_and_json(trained, capsys, tmp_path):
     js = tmp_path / "scores.json"
     assert main(["eval", str(trained / "fcn16s" / "last.pt"), "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "mean IoU" in out and "(val, 4 images)" in out
+    assert "mean IoU" in out and "(val, 2 images)" in out
     for name in ("background", "ring", "line", "dot", "cross"):
         assert name in out
     s = json.loads(js.read_text())
@@ -134,8 +134,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert set(v) == {"acc", "acc_cls", "mean_iu", "fwavacc"}
         assert all(0.0 <= x <= 1.0 for x in v.values())
     with Image.open(out / "predictions.png") as im:
-        # 4 rows x 5 columns of 32x32 tiles at 3x
-        assert im.size[0] > 5 * 96 and im.size[1] > 4 * 96
+        # 2 rows (2 val images) x 5 columns of 24x24 tiles at 3x
+        assert im.size[0] > 5 * 72 and im.size[1] > 2 * 72
     with Image.open(out / "learning_curves.png") as im:
         assert im.size == (900, 360)
     for arch in ("fcn32s", "fcn16s", "fcn8s"):

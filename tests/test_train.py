@@ -13,7 +13,7 @@ import fcn.train as T
 from fcn.train import TrainConfig, load_training_checkpoint, save_checkpoint, segmentation_loss, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(backbone="tiny", size=32, num_train=8, num_val=4, batch_size=4, quiet=True)
+TINY = dict(backbone="tiny", size=24, num_train=8, num_val=2, batch_size=4, quiet=True)
 
 
 def test_segmentation_loss_by_hand():
@@ -106,7 +106,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_staged_resume_after_crash_in_second_stage(tmp_path, monkeypatch):
-    cfg = dict(arch="fcn16s", staged=True, deterministic=True, seed=1, epochs=2, **TINY)
+    cfg = dict(arch="fcn16s", staged=True, deterministic=True, seed=1, epochs=1, **TINY)
     full = train(TrainConfig(out=str(tmp_path / "a"), **cfg))
     assert list(full) == ["fcn32s", "fcn16s"]
     # crash in the first step of fcn16s: fcn32s is done, fcn16s has no checkpoint yet
@@ -114,7 +114,7 @@ def test_staged_resume_after_crash_in_second_stage(tmp_path, monkeypatch):
 
     def flaky(*a, **k):
         calls.append(1)
-        if len(calls) == 5:  # 2 epochs x 2 steps of fcn32s, then boom
+        if len(calls) == 3:  # 1 epoch x 2 steps of fcn32s, then boom
             raise RuntimeError("power cut (simulated)")
         return real_loss(*a, **k)
     monkeypatch.setattr(T, "segmentation_loss", flaky)
