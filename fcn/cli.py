@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
         from .metrics import format_scores
         for arch, res in results.items():
             m = res["metrics"]
-            if m.get("mean_iu") is not None:
+            if m.get("iu") is not None:
                 import numpy as np
                 s = dict(m, iu=np.asarray(m["iu"], dtype=float))
                 print(format_scores(s, res.get("class_names"),

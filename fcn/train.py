@@ -384,6 +384,9 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
     if cfg.pretrained is None:
         _scratch_init(model)
     if init_model is not None:
+        if not hasattr(model, "copy_params_from"):
+            raise ValueError(f"{arch} cannot be initialised from another model (no copy_params_from); "
+                             "drop --init-from")
         copied = model.copy_params_from(init_model)
         log(f"{arch}: initialised from {type(init_model).__name__} ({len(copied)} layers copied)")
     if not cfg.dropout:
