@@ -68,10 +68,10 @@ def _nice_ticks(lo, hi, n=5):
 def _panel(draw, box, series, title, xlabel, ylabel, font, ylim=None, vlines=()):
     """Line plot of `series` [(name, xs, ys)] inside `box` = (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
-    left, bottom, top, right = 56, 36, 24, 10
+    left, bottom, top, right = 80, 36, 26, 10
     px0, py0, px1, py1 = x0 + left, y0 + top, x1 - right, y1 - bottom
     pts = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if math.isfinite(y)]
-    draw.text((x0 + left, y0 + 4), title, fill=(0, 0, 0), font=font)
+    draw.text((x0 + 4, y0 + 4), title, fill=(0, 0, 0), font=font)
     draw.rectangle((px0, py0, px1, py1), outline=(0, 0, 0))
     if not pts:
         return
@@ -104,7 +104,7 @@ def _panel(draw, box, series, title, xlabel, ylabel, font, ylim=None, vlines=())
         draw.text((X(xv) + 3, py0 + 2), name, fill=(120, 120, 120), font=font)
     draw.text(((px0 + px1) / 2 - draw.textlength(xlabel, font=font) / 2, py1 + 20), xlabel,
               fill=(0, 0, 0), font=font)
-    draw.text((x0 + 2, py0 - 18), ylabel, fill=(0, 0, 0), font=font)
+    draw.text((x0 + 4, (py0 + py1) / 2 - 7), ylabel, fill=(0, 0, 0), font=font)
     for k, (name, xs, ys) in enumerate(series):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         line = [(X(x), Y(y)) for x, y in zip(xs, ys) if math.isfinite(y)]
@@ -112,9 +112,10 @@ def _panel(draw, box, series, title, xlabel, ylabel, font, ylim=None, vlines=())
             draw.line(line, fill=colour, width=2)
         for (a, b) in line:
             draw.ellipse((a - 2, b - 2, a + 2, b + 2), fill=colour)
-        ly = py0 + 6 + 16 * k
-        draw.line((px1 - 90, ly + 7, px1 - 72, ly + 7), fill=colour, width=3)
-        draw.text((px1 - 68, ly), name, fill=(0, 0, 0), font=font)
+        # legend on the title line, right-aligned, outside the plot area
+        lx = px1 - 80 * (len(series) - k)
+        draw.line((lx, y0 + 11, lx + 16, y0 + 11), fill=colour, width=3)
+        draw.text((lx + 20, y0 + 4), name, fill=(0, 0, 0), font=font)
 
 
 def learning_curves(histories, size=(900, 360)):
