@@ -543,6 +543,10 @@ def train(cfg: TrainConfig, log=None):
             res["model"] = model
             results[arch] = res
             init = model
+        # all ranks leave together (a peer tearing its connections down while another is
+        # still inside a collective makes gloo abort); not on the error path, where a
+        # barrier could wait for a rank that is gone
+        dist.barrier()
         return results
     finally:
         dist.close()
