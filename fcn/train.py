@@ -287,19 +287,6 @@ def _disable_dropout(model):
             m.p = 0.0
 
 
-def _amp_hooks(model):
-    """The fused upsampling operators take one dtype; under autocast the score maps
-    are float16 while the (frozen, bilinear) deconvolution weights stay float32.
-    Run the upsampling in float32: cast the input up before each upsampling module."""
-    from .models.upsample import BilinearCrop, UpscoreCrop
-    handles = []
-    for m in model.modules():
-        if isinstance(m, (UpscoreCrop, BilinearCrop)):
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args: (args[0].float(),) + tuple(args[1:])))
-    return handles
-
-
 def segmentation_loss(logits, target, kind="mean"):
     """Cross entropy over labelled pixels (255 ignored): averaged over them ("mean") or
     summed per image ("sum": total / batch size, the classic per-image sum)."""
@@ -419,7 +406,6 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
     if dist.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    hooks = _amp_hooks(model) if amp else []
 
     sampler = torch.utils.data.DistributedSampler(
         train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
@@ -504,8 +490,6 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
                 save_checkpoint(os.path.join(stage_dir, "best.pt"), ck)
             _write_logs(stage_dir, history)
         dist.barrier()
-    for h in hooks:
-        h.remove()
     if start_epoch >= epochs or (stopped and not history):
         log(f"{arch}: already trained ({start_epoch} epochs in {last_path})")
     final = history[-1] if history else {}
