@@ -75,6 +75,9 @@ def rounds(device, shape):
 def test_forward(benchmark, device, dtype, shape, batch, impl):
     x, w, kw = make(shape, batch, device, dtype, False)
     benchmark.group = f"deconv-fwd-{device}-{dtype}-{shape}-b{batch}"
+    out_elems = batch * C * kw["size"][0] * kw["size"][1]
+    benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd",
+                                bytes=(x.numel() + w.numel() + out_elems) * x.element_size())
     with torch.no_grad():
         benchmark.pedantic(timed(device, lambda: run(impl, x, w, kw)),
                            rounds=rounds(device, shape), warmup_rounds=1)
@@ -91,6 +94,8 @@ def test_backward(benchmark, device, dtype, shape, batch, impl):
     grad = torch.randn_like(out)
     leaves = [t for t in (x, w) if t.requires_grad]
     benchmark.group = f"deconv-bwd-{device}-{dtype}-{shape}-b{batch}"
+    benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="bwd",
+                                bytes=(out.numel() + sum(t.numel() for t in leaves)) * x.element_size())
     benchmark.pedantic(timed(device, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)),
                        rounds=rounds(device, shape), warmup_rounds=1)
 

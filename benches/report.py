@@ -59,7 +59,8 @@ def pair(benchmarks):
     for b in benchmarks:
         params = {k: str(v).replace("UNSERIALIZABLE[", "").rstrip("]").replace("torch.", "")
                   for k, v in (b.get("params") or {}).items()}
-        impl = params.pop("impl", None)
+        impl = {"ref": "aten"}.get(params.get("impl"), params.get("impl"))
+        params.pop("impl", None)
         if impl not in ("ours", "aten"):
             continue
         key = (b["name"].split("[")[0],) + tuple(sorted((k, str(v)) for k, v in params.items()))
@@ -80,9 +81,10 @@ def table(rows, markdown):
         if dev == "cuda" and e.get("bytes"):
             bw = e["bytes"] / r["ours"]
             gbs, pct = f"{bw / 1e9:.0f}", f"{100 * bw / peak:.0f}%"
-        variant = "/".join(str(p[k]) for k in sorted(p) if k not in ("device", "case", "dtype", "direction"))
-        lines.append([e.get("op", "?"), str(p.get("case", "")), str(p.get("dtype", "")).replace("torch.", ""),
-                      variant, str(p.get("direction", "")), dev, f"{r['ours'] * 1e3:.3f}",
+        variant = "/".join(str(p[k]) for k in sorted(p)
+                           if k not in ("device", "case", "dtype", "direction", "shape", "batch"))
+        lines.append([e.get("op", "?"), str(e.get("case", p.get("case", ""))), str(p.get("dtype", "")).replace("torch.", ""),
+                      variant, str(e.get("direction", p.get("direction", ""))), dev, f"{r['ours'] * 1e3:.3f}",
                       f"{r['aten'] * 1e3:.3f}", f"{r['aten'] / r['ours']:.2f}x", gbs, pct])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
