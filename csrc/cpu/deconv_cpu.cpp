@@ -254,10 +254,10 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
     bias = bias.to(acc_type_of(bias.scalar_type())).contiguous();
   }
   const auto fmt = layout_of(self);
-  at::Tensor y = at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
+  if (N == 0 || Cout == 0) return at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
 
   if (is_channel_diagonal_cpu(weight, groups)) {
+    at::Tensor y = at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
     const at::Tensor x = self.contiguous(fmt);
     const at::Tensor wd = diagonal_weight(weight, groups);
     const Taps th = source_taps(OH, offset[0], 0, KH, stride[0], padding[0], dilation[0], IH);
