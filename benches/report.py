@@ -96,8 +96,10 @@ def table(rows, markdown):
 
 
 def label(r):
-    p = r["params"]
-    return " ".join(str(v) for k, v in sorted(p.items()) if k != "case") + " " + str(p.get("case", ""))
+    p, e = r["params"], r["extra"]
+    parts = [e.get("op", ""), e.get("direction", p.get("direction", "")), p.get("dtype", ""),
+             p.get("layout", ""), str(e.get("case", p.get("case", ""))), p.get("device", "")]
+    return " ".join(str(x) for x in parts if x)
 
 
 def plot(rows, path, title):
