@@ -258,11 +258,21 @@ def _seed_for(*parts):
 
 
 def _set_deterministic(on):
+    """Switch deterministic mode on for a run; returns the previous global settings so
+    `train()` can restore them (an in-process caller must not be left in that mode)."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark)
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+    return prev
+
+
+def _restore_deterministic(prev):
+    torch.use_deterministic_algorithms(prev[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
 
 
 def _scratch_init(model):
@@ -505,8 +515,8 @@ def train(cfg: TrainConfig, log=None):
     dist = DistContext(cfg.device)
     if log is None:
         log = (lambda msg: print(msg, flush=True)) if (dist.main and not cfg.quiet) else (lambda msg: None)
+    prev_modes = _set_deterministic(cfg.deterministic)
     try:
-        _set_deterministic(cfg.deterministic)
         if dist.main:
             os.makedirs(cfg.out, exist_ok=True)
         train_set = build_dataset(cfg.data, cfg.train_split, cfg.norm, cfg.size, cfg.num_train,
@@ -533,4 +543,5 @@ def train(cfg: TrainConfig, log=None):
         dist.barrier()
         return results
     finally:
+        _restore_deterministic(prev_modes)
         dist.close()

@@ -103,6 +103,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     again = train(TrainConfig(epochs=3, out=str(tmp_path / "b"), resume=True, **cfg))
     for k, v in _params(again["fcn16s"]["model"]).items():
         assert torch.equal(v, a[k])
+    # --deterministic is scoped to the run: the caller's global mode is restored
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_staged_resume_after_crash_in_second_stage(tmp_path, monkeypatch):
