@@ -207,6 +207,33 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* wha
               a.device(), " and ", b.scalar_type(), " on ", b.device());
 }
 
+// Every argument check of the conv_transpose2d_crop forward (CPU and CUDA kernels).
+inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                 int64_t groups, at::IntArrayRef dilation,
+                                 at::IntArrayRef offset, at::IntArrayRef size) {
+  check_float4d(self, "input");
+  check_float4d(weight, "weight");
+  check_same(self, weight, "input and weight");
+  check_deconv(self.sizes(), weight.sizes(), stride, padding, groups, dilation, offset);
+  TORCH_CHECK(output_padding.size() == 2 && size.size() == 2,
+              "output_padding and size must have 2 elements");
+  for (int a = 0; a < 2; ++a) {
+    const int64_t full = deconv_full_size(self.size(2 + a), weight.size(2 + a), stride[a],
+                                          padding[a], dilation[a], output_padding[a]);
+    TORCH_CHECK(size[a] > 0 && offset[a] + size[a] <= full, "crop window offset ", offset,
+                " size ", size, " does not fit the full output of size ", full,
+                " along dimension ", 2 + a);
+  }
+  if (bias.has_value() && bias->defined()) {
+    const int64_t cout = weight.size(1) * groups;
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == cout, "bias must be a 1-D tensor of ",
+                cout, " elements");
+    check_same(*bias, self, "bias and input");
+  }
+}
+
 // True when every group's (Cin_g x Cout_g) channel block is diagonal (Cin_g == Cout_g,
 // zeros off the diagonal): FCN's bilinear upsampling weight, and any depthwise one.
 // Then output channel c reads only input channel c, which the fast paths exploit;

@@ -415,6 +415,12 @@ def test_direct_op_errors_are_checked_in_cpp():
     with pytest.raises(RuntimeError, match="stride"):
         OPS.conv_transpose2d_crop_backward_weight(torch.randn(1, 2, 3, 3), x, [4, 2, 3, 3],
                                                   [0, 1], [0, 0], 1, [1, 1], [0, 0])
+    with pytest.raises(RuntimeError, match="bias must be a 1-D tensor of 2 elements"):
+        OPS.conv_transpose2d_crop(x, w, torch.randn(3), [1, 1], [0, 0], [0, 0], 1, [1, 1],
+                                  [0, 0], [3, 3])
+    with pytest.raises(RuntimeError, match="bias and input must have the same dtype"):
+        OPS.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), [1, 1], [0, 0],
+                                  [0, 0], 1, [1, 1], [0, 0], [3, 3])
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")

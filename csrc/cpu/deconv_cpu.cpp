@@ -229,29 +229,14 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
                                      at::IntArrayRef output_padding, int64_t groups,
                                      at::IntArrayRef dilation, at::IntArrayRef offset,
                                      at::IntArrayRef size) {
-  check_float4d(self, "input");
-  check_float4d(weight, "weight");
-  check_same(self, weight, "input and weight");
-  check_deconv(self.sizes(), weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK(output_padding.size() == 2 && size.size() == 2,
-              "output_padding and size must have 2 elements");
+  check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups,
+                       dilation, offset, size);
   const int64_t N = self.size(0), IH = self.size(2), IW = self.size(3);
-  const int64_t KH = weight.size(2), KW = weight.size(3), cout_g = weight.size(1);
-  const int64_t Cout = cout_g * groups, OH = size[0], OW = size[1];
-  for (int a = 0; a < 2; ++a) {
-    const int64_t full = deconv_full_size(self.size(2 + a), weight.size(2 + a), stride[a],
-                                          padding[a], dilation[a], output_padding[a]);
-    TORCH_CHECK(size[a] > 0 && offset[a] + size[a] <= full, "crop window offset ", offset,
-                " size ", size, " does not fit the full output of size ", full,
-                " along dimension ", 2 + a);
-  }
+  const int64_t KH = weight.size(2), KW = weight.size(3), Cout = weight.size(1) * groups;
+  const int64_t OH = size[0], OW = size[1];
   at::Tensor bias;
   if (bias_opt.has_value() && bias_opt->defined()) {
-    bias = *bias_opt;
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Cout && bias.scalar_type() == self.scalar_type()
-                    && bias.device() == self.device(),
-                "bias must be a 1-D tensor of ", Cout, " elements with the input's dtype");
-    bias = bias.to(acc_type_of(bias.scalar_type())).contiguous();
+    bias = bias_opt->to(acc_type_of(bias_opt->scalar_type())).contiguous();
   }
   const auto fmt = layout_of(self);
   if (N == 0 || Cout == 0) return at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));

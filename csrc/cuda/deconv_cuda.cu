@@ -167,28 +167,12 @@ at::Tensor conv_transpose2d_crop_cuda(const at::Tensor& self, const at::Tensor& 
                                       at::IntArrayRef output_padding, int64_t groups,
                                       at::IntArrayRef dilation, at::IntArrayRef offset,
                                       at::IntArrayRef size) {
-  check_float4d(self, "input");
-  check_float4d(weight, "weight");
-  check_same(self, weight, "input and weight");
-  check_deconv(self.sizes(), weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK(output_padding.size() == 2 && size.size() == 2,
-              "output_padding and size must have 2 elements");
-  for (int a = 0; a < 2; ++a) {
-    const int64_t full = deconv_full_size(self.size(2 + a), weight.size(2 + a), stride[a],
-                                          padding[a], dilation[a], output_padding[a]);
-    TORCH_CHECK(size[a] > 0 && offset[a] + size[a] <= full, "crop window offset ", offset,
-                " size ", size, " does not fit the full output of size ", full,
-                " along dimension ", 2 + a);
-  }
+  check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups,
+                       dilation, offset, size);
   c10::cuda::CUDAGuard guard(self.device());
   const int64_t cout_g = weight.size(1), Cout = cout_g * groups;
   at::Tensor bias;
-  if (bias_opt.has_value() && bias_opt->defined()) {
-    bias = bias_opt->contiguous();
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Cout, "bias must be a 1-D tensor of ",
-                Cout, " elements");
-    check_same(bias, self, "bias and input");
-  }
+  if (bias_opt.has_value() && bias_opt->defined()) bias = bias_opt->contiguous();
   const auto fmt = layout_of(self);
   const at::Tensor x = self.contiguous(fmt);
   const at::Tensor w = weight.contiguous();
