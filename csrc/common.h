@@ -207,6 +207,37 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* wha
               a.device(), " and ", b.scalar_type(), " on ", b.device());
 }
 
+// Argument checks of the two conv_transpose2d_crop backward ops (CPU and CUDA kernels).
+inline void check_deconv_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        at::IntArrayRef input_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, int64_t groups,
+                                        at::IntArrayRef dilation, at::IntArrayRef offset) {
+  TORCH_CHECK(input_size.size() == 4, "input_size must have 4 elements");
+  check_float4d(grad_output, "grad_output");
+  check_float4d(weight, "weight");
+  check_same(grad_output, weight, "grad_output and weight");
+  check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
+  TORCH_CHECK(grad_output.size(0) == input_size[0] &&
+                  grad_output.size(1) == weight.size(1) * groups,
+              "grad_output shape ", grad_output.sizes(), " does not match input_size ",
+              input_size, " and weight ", weight.sizes());
+}
+
+inline void check_deconv_backward_weight(const at::Tensor& grad_output, const at::Tensor& self,
+                                         at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, int64_t groups,
+                                         at::IntArrayRef dilation, at::IntArrayRef offset) {
+  TORCH_CHECK(weight_size.size() == 4, "weight_size must have 4 elements");
+  check_float4d(grad_output, "grad_output");
+  check_float4d(self, "input");
+  check_same(grad_output, self, "grad_output and input");
+  check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
+  TORCH_CHECK(grad_output.size(0) == self.size(0) &&
+                  grad_output.size(1) == weight_size[1] * groups,
+              "grad_output shape ", grad_output.sizes(), " does not match input ",
+              self.sizes(), " and weight_size ", weight_size);
+}
+
 // Every argument check of the conv_transpose2d_crop forward (CPU and CUDA kernels).
 inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

@@ -271,17 +271,11 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
     const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
     at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(input_size.size() == 4, "input_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(weight, "weight");
-  check_same(grad_output, weight, "grad_output and weight");
-  check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
-  const int64_t N = input_size[0], Cin = input_size[1], IH = input_size[2], IW = input_size[3];
-  const int64_t KH = weight.size(2), KW = weight.size(3), cout_g = weight.size(1);
-  const int64_t Cout = cout_g * groups, OH = grad_output.size(2), OW = grad_output.size(3);
-  TORCH_CHECK(grad_output.size(0) == N && grad_output.size(1) == Cout,
-              "grad_output shape ", grad_output.sizes(), " does not match input_size ",
-              input_size, " and weight ", weight.sizes());
+  check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups,
+                              dilation, offset);
+  const int64_t Cin = input_size[1], IH = input_size[2], IW = input_size[3];
+  const int64_t KH = weight.size(2), KW = weight.size(3);
+  const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
   const auto fmt = layout_of(grad_output);
   at::Tensor gx = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (gx.numel() == 0) return gx;
@@ -317,16 +311,10 @@ at::Tensor conv_transpose2d_crop_backward_weight_cpu(
     const at::Tensor& grad_output, const at::Tensor& self, at::IntArrayRef weight_size,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
     at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(weight_size.size() == 4, "weight_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(self, "input");
-  check_same(grad_output, self, "grad_output and input");
-  check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
+  check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups,
+                               dilation, offset);
   const int64_t N = self.size(0), Cout = weight_size[1] * groups;
   const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
-  TORCH_CHECK(grad_output.size(0) == N && grad_output.size(1) == Cout,
-              "grad_output shape ", grad_output.sizes(), " does not match input ",
-              self.sizes(), " and weight_size ", weight_size);
   if (N == 0 || OH == 0 || OW == 0 || Cout == 0) {
     return at::zeros(weight_size, self.options());
   }

@@ -202,15 +202,9 @@ at::Tensor conv_transpose2d_crop_backward_input_cuda(
     const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
     at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(input_size.size() == 4, "input_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(weight, "weight");
-  check_same(grad_output, weight, "grad_output and weight");
-  check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
-  const int64_t cout_g = weight.size(1), Cout = cout_g * groups;
-  TORCH_CHECK(grad_output.size(0) == input_size[0] && grad_output.size(1) == Cout,
-              "grad_output shape ", grad_output.sizes(), " does not match input_size ",
-              input_size, " and weight ", weight.sizes());
+  check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups,
+                              dilation, offset);
+  const int64_t cout_g = weight.size(1);
   c10::cuda::CUDAGuard guard(grad_output.device());
   const auto fmt = layout_of(grad_output);
   const at::Tensor g = grad_output.contiguous(fmt);
@@ -241,15 +235,9 @@ at::Tensor conv_transpose2d_crop_backward_weight_cuda(
     const at::Tensor& grad_output, const at::Tensor& self, at::IntArrayRef weight_size,
     at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
     at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(weight_size.size() == 4, "weight_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(self, "input");
-  check_same(grad_output, self, "grad_output and input");
-  check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
+  check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups,
+                               dilation, offset);
   const int64_t cout_g = weight_size[1], Cout = cout_g * groups;
-  TORCH_CHECK(grad_output.size(0) == self.size(0) && grad_output.size(1) == Cout,
-              "grad_output shape ", grad_output.sizes(), " does not match input ",
-              self.sizes(), " and weight_size ", weight_size);
   c10::cuda::CUDAGuard guard(self.device());
   at::Tensor gw = at::empty(weight_size, self.options());
   if (self.size(0) == 0 || grad_output.numel() == 0) return gw.zero_();
