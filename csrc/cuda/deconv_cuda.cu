@@ -237,7 +237,7 @@ at::Tensor conv_transpose2d_crop_backward_weight_cuda(
     at::IntArrayRef dilation, at::IntArrayRef offset) {
   check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups,
                                dilation, offset);
-  const int64_t cout_g = weight_size[1], Cout = cout_g * groups;
+  const int64_t cout_g = weight_size[1];
   c10::cuda::CUDAGuard guard(self.device());
   at::Tensor gw = at::empty(weight_size, self.options());
   if (self.size(0) == 0 || grad_output.numel() == 0) return gw.zero_();
