@@ -6,15 +6,17 @@
 // conversions do not vectorise in SSE2). So each hot loop is written once, as an
 // FK_INLINE function template (a leaf: no calls that are not inlined), and
 // FK_MULTI_ISA(name) defines name_isa<...>(args...), which runs it compiled for AVX-512,
-// AVX2+FMA or the baseline. The choice follows ATen's own (at::native::
+// AVX2+FMA or the baseline (template parameters must be types: wrap values in
+// std::integral_constant). The choice follows ATen's own (at::
 // get_cpu_capability(): the CPU's features and the ATEN_CPU_CAPABILITY override), so a
 // benchmark compares like with like and ATEN_CPU_CAPABILITY=default forces baseline
 // code in both. Lambdas do not inherit a target attribute: keep the loops in the
 // FK_INLINE functions, not in lambdas.
 #pragma once
 
-#include <ATen/native/DispatchStub.h>
+#include <ATen/Version.h>
 
+#include <string>
 #include <utility>
 
 #define FK_INLINE inline __attribute__((always_inline))
@@ -25,16 +27,12 @@ enum class Isa { kBaseline, kAvx2, kAvx512 };
 
 inline Isa cpu_isa() {
   static const Isa isa = [] {
-    switch (at::native::get_cpu_capability()) {
 #if defined(__x86_64__)
-      case at::native::CPUCapability::AVX512:
-        return Isa::kAvx512;
-      case at::native::CPUCapability::AVX2:
-        return Isa::kAvx2;
+    const std::string cap = at::get_cpu_capability();  // "AVX512", "AVX2", "DEFAULT", ...
+    if (cap == "AVX512") return Isa::kAvx512;
+    if (cap == "AVX2") return Isa::kAvx2;
 #endif
-      default:
-        return Isa::kBaseline;
-    }
+    return Isa::kBaseline;
   }();
   return isa;
 }
