@@ -440,3 +440,63 @@ def test_cuda_matches_cpu_random():
         gb = torch.autograd.grad(outs[1], (xs[1], ws[1]), grad.cuda())
         for a, b in zip(ga, gb):
             assert_close(b, a)
+
+
+# ---- uniform rank-1 diagonal filters (FCN's bilinear weight): the separable path ------
+
+def _rank1_weight(channels, kh, kw, groups=1, seed=0):
+    """The same filter u v^T on every diagonal channel; small integers over a power of
+    two, so u v^T is exact and the CPU kernel's rank-1 test must accept it."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(1, 9, (kh,), generator=g).double()
+    v = torch.randint(-8, 9, (kw,), generator=g).double() / 8
+    cg = channels // groups
+    w = torch.zeros(channels, cg, kh, kw, dtype=torch.float64)
+    for c in range(channels):
+        w[c, c % cg] = torch.outer(u, v)
+    return w
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(stride=2, k=(4, 4)),                                   # upscore2
+    dict(stride=8, k=(16, 16), offset=(5, 3), size=(40, 37)),   # upscore8-like crop
+    dict(stride=32, k=(64, 64), offset=(19, 19), size=(40, 45)),
+    dict(stride=(3, 2), k=(5, 3), padding=(1, 2), dilation=(1, 2), offset=(1, 0)),
+    dict(stride=2, k=(3, 4), groups=2, output_padding=1),
+    dict(stride=1, k=(1, 1)),
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_uniform_rank1_diagonal_filter(cfg, layout):
+    cfg = dict(cfg)
+    kh, kw = cfg.pop("k")
+    groups = cfg.get("groups", 1)
+    w = _rank1_weight(4, kh, kw, groups)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = fk.conv_transpose2d_crop(xo, w, **cfg)
+    ref = reference(xr, w, **cfg)
+    assert_close(out, ref)
+    g = torch.randn_like(ref)
+    assert_close(torch.autograd.grad(out, xo, g)[0], torch.autograd.grad(ref, xr, g)[0])
+
+
+@pytest.mark.parametrize("change", ["not_rank1", "not_uniform", "nan", "bias"])
+def test_filters_that_are_not_uniform_rank1(change):
+    """Near misses of the separable path must still give ATen's exact result."""
+    w = _rank1_weight(3, 4, 4)
+    b = None
+    if change == "not_rank1":
+        w[1, 1, 2, 2] *= 1 + 1e-6      # far above the 4-ulp tolerance in float64
+    elif change == "not_uniform":
+        w[2, 2] *= 2                   # rank-1 but a different filter on one channel
+    elif change == "nan":
+        w[0, 0, 1, 1] = float("nan")
+    else:
+        b = torch.randn(3, dtype=torch.float64)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    out = fk.conv_transpose2d_crop(x, w, b, stride=2, offset=1, size=(9, 9))
+    ref = reference(x, w, b, stride=2, offset=(1, 1), size=(9, 9))
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-13, atol=1e-13)

@@ -20,9 +20,12 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../common.h"
+#include "separable.h"
 
 namespace fcn_kernels {
 namespace {
@@ -71,6 +74,52 @@ Taps target_taps(int64_t in, int64_t K, int64_t s, int64_t p, int64_t d, int64_t
 
 inline int64_t grain(int64_t row_elems) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elems));
+}
+
+// FCN's bilinear weight is one rank-1 filter u v^T repeated along the channel diagonal.
+// Then the transposed convolution is separable (columns, then rows) with the same sparse
+// 1-D maps machinery as bilinear upsampling (separable.h): per output about KH/s + KW/s
+// multiply-adds, vectorised, instead of a 2-D tap loop. True when every diagonal filter
+// of wd (C, KH, KW) equals the first one and that one factors as u v^T to within 4 ulps
+// per element (u v^T is computed by dividing by a pivot, so exact equality is not
+// available); then u and v are set. NaN/Inf filters are left to the direct path.
+template <typename acc_t>
+bool uniform_rank1(const acc_t* wd, int64_t C, int64_t KH, int64_t KW, std::vector<acc_t>& u,
+                   std::vector<acc_t>& v) {
+  const int64_t K = KH * KW;
+  for (int64_t e = K; e < C * K; ++e) {
+    if (!(wd[e] == wd[e % K])) return false;
+  }
+  int64_t piv = 0;
+  for (int64_t e = 1; e < K; ++e) {
+    if (std::abs(wd[e]) > std::abs(wd[piv])) piv = e;
+  }
+  const acc_t m = wd[piv];
+  if (!std::isfinite(m)) return false;
+  u.resize(KH);
+  v.resize(KW);
+  for (int64_t i = 0; i < KH; ++i) u[i] = wd[i * KW + piv % KW];
+  for (int64_t j = 0; j < KW; ++j) v[j] = m == acc_t(0) ? acc_t(0) : wd[piv / KW * KW + j] / m;
+  const acc_t tol = 4 * std::numeric_limits<acc_t>::epsilon();
+  for (int64_t i = 0; i < KH; ++i) {
+    for (int64_t j = 0; j < KW; ++j) {
+      const acc_t f = wd[i * KW + j];
+      if (!(std::abs(f - u[i] * v[j]) <= tol * std::abs(f))) return false;
+    }
+  }
+  return true;
+}
+
+// Taps (k, index) along one axis weighted by the 1-D filter f, as a separable.h map.
+template <typename acc_t>
+Csr<acc_t> weighted_map(const Taps& t, const std::vector<acc_t>& f) {
+  Csr<acc_t> m;
+  for (size_t a = 0; a + 1 < t.start.size(); ++a) {
+    for (int64_t j = t.start[a]; j < t.start[a + 1]; ++j) m.add(t.idx[j], f[t.k[j]]);
+    m.close_row();
+  }
+  m.close();
+  return m;
 }
 
 // Channel-diagonal gather on the (P, H, W, V) view (P = N*C, V = 1 for NCHW; P = N,
@@ -250,6 +299,11 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
     const auto [P, V] = planes_and_vec(x, fmt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deconv_diag_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      std::vector<acc_t> u, v;
+      if (!bias.defined() && uniform_rank1(wd.const_data_ptr<acc_t>(), Cout, KH, KW, u, v)) {
+        separable_apply<scalar_t>(x, y, P, V, weighted_map(th, u), weighted_map(tw, v));
+        return;
+      }
       diagonal_gather<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                                 wd.const_data_ptr<acc_t>(),
                                 bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, P,
@@ -289,6 +343,11 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
     const auto [P, V] = planes_and_vec(gx, fmt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "deconv_diag_bwd_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      std::vector<acc_t> u, v;
+      if (uniform_rank1(wd.const_data_ptr<acc_t>(), Cin, KH, KW, u, v)) {
+        separable_apply<scalar_t>(g, gx, P, V, weighted_map(th, u), weighted_map(tw, v));
+        return;
+      }
       diagonal_gather<scalar_t>(g.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
                                 wd.const_data_ptr<acc_t>(), nullptr, P, Cin, OH, OW, IH, IW,
                                 V, KH, KW, th, tw, /*forward=*/false,
