@@ -41,7 +41,7 @@ def want_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/fcn_kernels.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/fcn_kernels.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is left to torch (2.14 needs C++20). -fopenmp: at::parallel_for
     # is inline in torch's headers and runs serially unless _OPENMP is defined; the
     # libgomp it links is torch's own (same soname, already loaded by `import torch`).

@@ -1,6 +1,6 @@
 // Operator schemas for every fcn_kernels op, and the Python module init.
-// Kernels live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL); autograd,
-// fake kernels and the public Python API live in fcn_kernels/*.py.
+// Kernels live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL), autograd in
+// csrc/autograd.cpp; fake kernels and the public Python API live in fcn_kernels/*.py.
 #include <Python.h>
 #include <torch/library.h>
 

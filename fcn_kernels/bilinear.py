@@ -56,29 +56,4 @@ def _fake_backward(grad_output, input_size, align_corners, scale_h, scale_w):
     torch._check(grad_output.dim() == 4, lambda: "grad_output must be 4-D")
     return empty_like_layout(grad_output, tuple(input_size))
 
-
-def _setup_forward(ctx, inputs, output):
-    x, _, align_corners, scale_h, scale_w = inputs
-    ctx.args = (list(x.shape), align_corners, scale_h, scale_w)
-
-
-def _backward_forward(ctx, grad):
-    return _ops.bilinear_upsample_backward(grad, *ctx.args), None, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    grad_output, _, align_corners, scale_h, scale_w = inputs
-    ctx.args = (list(grad_output.shape[2:]), align_corners, scale_h, scale_w)
-
-
-def _backward_backward(ctx, grad):
-    # The backward op is linear in grad_output with the forward op as its adjoint,
-    # so double backward is just the forward op again.
-    return _ops.bilinear_upsample(grad, *ctx.args), None, None, None, None
-
-
-torch.library.register_autograd(
-    "fcn_kernels::bilinear_upsample", _backward_forward, setup_context=_setup_forward)
-torch.library.register_autograd(
-    "fcn_kernels::bilinear_upsample_backward", _backward_backward,
-    setup_context=_setup_backward)
+# Autograd (double backward included) is registered in C++: csrc/autograd.cpp.

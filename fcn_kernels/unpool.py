@@ -115,41 +115,4 @@ def _fake_backward(grad_output, indices, kernel_size, stride, padding, check_ind
                  lambda: "grad_output and indices must be 4-D")
     return empty_like_layout(grad_output, indices.shape)
 
-
-def _setup_forward(ctx, inputs, output):
-    _, indices, kernel_size, stride, padding, _ = inputs
-    ctx.save_for_backward(indices)
-    ctx.args = (kernel_size, stride, padding)
-
-
-def _backward_forward(ctx, grad):
-    (indices,) = ctx.saved_tensors
-    grad_input = None
-    if ctx.needs_input_grad[0]:
-        # The forward checked the indices, and autograd refuses a saved tensor changed
-        # in place since: the CUDA kernel can skip its host sync (check_indices=False).
-        grad_input = _ops.max_unpool2d_backward(grad, indices, *ctx.args, False)
-    return grad_input, None, None, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    grad_output, indices = inputs[:2]
-    ctx.save_for_backward(indices)
-    ctx.out_hw = tuple(grad_output.shape[2:])
-
-
-def _backward_backward(ctx, grad):
-    # The backward op is the gather g -> g[indices]; its adjoint scatters grad into the
-    # unpooled planes and sums where indices repeat (as ATen's double backward does;
-    # without repeats it equals the forward op).
-    (indices,) = ctx.saved_tensors
-    n, c = indices.shape[:2]
-    flat = grad.new_zeros((n, c, ctx.out_hw[0] * ctx.out_hw[1]))
-    flat = flat.scatter_add(2, indices.reshape(n, c, -1), grad.reshape(n, c, -1))
-    return flat.view(n, c, *ctx.out_hw), None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "fcn_kernels::max_unpool2d", _backward_forward, setup_context=_setup_forward)
-torch.library.register_autograd(
-    "fcn_kernels::max_unpool2d_backward", _backward_backward, setup_context=_setup_backward)
+# Autograd (double backward included) is registered in C++: csrc/autograd.cpp.

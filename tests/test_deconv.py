@@ -500,3 +500,25 @@ def test_filters_that_are_not_uniform_rank1(change):
     ref = reference(x, w, b, stride=2, offset=(1, 1), size=(9, 9))
     assert torch.equal(out.isnan(), ref.isnan())
     assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-13, atol=1e-13)
+
+
+def test_backward_computes_only_requested_gradients():
+    """The C++ autograd (csrc/autograd.cpp) asks autograd which gradients this backward
+    pass needs: grad w.r.t. the input alone must not run the weight-gradient kernel
+    (a learned 21x21x16x16 weight costs as much as the input gradient)."""
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    w = torch.randn(3, 3, 4, 4, requires_grad=True)
+    y = fk.conv_transpose2d_crop(x, w, stride=2, offset=1, size=(10, 10))
+    assert type(y.grad_fn).__name__ == "CppFunction"  # the C++ node, not a Python one
+
+    def ops_run(inputs):
+        with torch.profiler.profile() as prof:
+            torch.autograd.grad(y, inputs, torch.ones_like(y), retain_graph=True)
+        return {e.name for e in prof.events()}
+
+    names = ops_run([x])
+    assert "fcn_kernels::conv_transpose2d_crop_backward_input" in names
+    assert "fcn_kernels::conv_transpose2d_crop_backward_weight" not in names
+    names = ops_run([w])
+    assert "fcn_kernels::conv_transpose2d_crop_backward_weight" in names
+    assert "fcn_kernels::conv_transpose2d_crop_backward_input" not in names
