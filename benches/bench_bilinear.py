@@ -7,11 +7,12 @@ import fcn_kernels as fk
 from benches.conftest import DEVICES, QUICK, run
 
 # FCN shapes (VGG16 FCN at 500x500 input, 21 classes): score maps upsampled x32 / x8,
-# VGG feature maps x2, a non-integer scale, batch 1 and 8.
+# score maps and VGG feature maps x2, a non-integer scale, batch 1 and 8.
 CASES = {
     "x32 1x21x16x16->512": ((1, 21, 16, 16), dict(size=(512, 512))),
     "x8 1x21x63x63": ((1, 21, 63, 63), dict(scale_factor=8)),
     "x8 8x21x63x63": ((8, 21, 63, 63), dict(scale_factor=8)),
+    "x2 8x21x34x34": ((8, 21, 34, 34), dict(scale_factor=2)),
     "x2 8x64x64x64": ((8, 64, 64, 64), dict(scale_factor=2)),
     "x2.5 1x21x40x40": ((1, 21, 40, 40), dict(scale_factor=2.5)),
 }
@@ -25,7 +26,7 @@ IMPLS = {
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("direction", ["fwd", "bwd", "fwd+bwd"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("case", list(CASES))
@@ -44,7 +45,10 @@ def test_bilinear(benchmark, device, case, dtype, layout, direction, impl):
     benchmark.extra_info.update(op="bilinear", case=case, bytes=io)
     if direction == "fwd":
         run(benchmark, lambda: f(x, kw), device)
-    else:
+    elif direction == "bwd":
         y = f(x, kw)
         g = torch.randn_like(y)
         run(benchmark, lambda: torch.autograd.grad(y, x, g, retain_graph=True), device)
+    else:
+        g = torch.randn(out_shape, device=device, dtype=x.dtype)
+        run(benchmark, lambda: torch.autograd.grad(f(x, kw), x, g), device)

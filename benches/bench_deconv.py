@@ -2,10 +2,12 @@
 
     pytest benches/bench_deconv.py --benchmark-only   (FCN_BENCH_QUICK=1: tiny shapes)
 
-Shapes (VGG16 FCN at 500x500, 21 classes): upscore8 (FCN-8s, k16 s8, 70x70 -> crop 31,
-500x500, bilinear = channel-diagonal weight, also a general weight), upscore2 (k4 s2,
-16x16 -> 34x34, learned general weight), upscore (FCN-32s, k64 s32, 16x16 -> crop 19,
-500x500, bilinear). `impl` pairs ours with the reference for the report.
+Shapes (VGG16 FCN-8s at 500x500, 21 classes): upscore2 (k4 s2, 16x16 -> 34x34),
+upscore_pool4 (k4 s2, 34x34 -> 70x70), upscore8 (k16 s8, 70x70 -> crop 31, 500x500), each
+with FCN's bilinear weight (channel-diagonal, frozen as in the classic port) and with a
+dense learned ("general") weight; FCN-32s's upscore (k64 s32, 16x16 -> crop 19, 500x500,
+bilinear). Forward, backward, and forward + backward. `impl` pairs ours with the
+reference for the report.
 """
 import os
 
@@ -19,9 +21,12 @@ QUICK = os.environ.get("FCN_BENCH_QUICK") == "1"
 C = 21
 # name: (input HxW, kernel, stride, offset, crop size, weight kind)
 SHAPES = {
+    "upscore2-bilinear": (16, 4, 2, 0, 34, "bilinear"),
+    "upscore2-general": (16, 4, 2, 0, 34, "general"),
+    "upscore_pool4-bilinear": (34, 4, 2, 0, 70, "bilinear"),
+    "upscore_pool4-general": (34, 4, 2, 0, 70, "general"),
     "upscore8-bilinear": (70, 16, 8, 31, 500, "bilinear"),
     "upscore8-general": (70, 16, 8, 31, 500, "general"),
-    "upscore2-general": (16, 4, 2, 0, 34, "general"),
     "upscore32-bilinear": (16, 64, 32, 19, 500, "bilinear"),
 }
 if QUICK:
@@ -64,7 +69,7 @@ def timed(device, fn):
 
 
 def rounds(device, shape):
-    return 20 if device == "cuda" or QUICK else (3 if "32" in shape or "8" in shape else 20)
+    return 20 if device == "cuda" or QUICK else (5 if shape[:8] in ("upscore8", "upscore3") else 30)
 
 
 @pytest.mark.parametrize("impl", ["ref", "ours"])
@@ -97,6 +102,22 @@ def test_backward(benchmark, device, dtype, shape, batch, impl):
     benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="bwd",
                                 bytes=(out.numel() + sum(t.numel() for t in leaves)) * x.element_size())
     benchmark.pedantic(timed(device, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)),
+                       rounds=rounds(device, shape), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["ref", "ours"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_backward(benchmark, device, dtype, shape, batch, impl):
+    """One training step's worth: forward, then the gradients of every learned operand."""
+    x, w, kw = make(shape, batch, device, dtype, True)
+    leaves = [t for t in (x, w) if t.requires_grad]
+    grad = torch.randn_like(run(impl, x.detach(), w.detach(), kw))
+    benchmark.group = f"deconv-fwdbwd-{device}-{dtype}-{shape}-b{batch}"
+    benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd+bwd")
+    benchmark.pedantic(timed(device, lambda: torch.autograd.grad(run(impl, x, w, kw), leaves, grad)),
                        rounds=rounds(device, shape), warmup_rounds=1)
 
 

@@ -27,7 +27,7 @@ IMPLS = {"ours": fk.max_unpool2d, "aten": F.max_unpool2d}
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("direction", ["fwd", "bwd", "fwd+bwd"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("case", list(CASES))
@@ -38,7 +38,7 @@ def test_unpool(benchmark, device, case, dtype, layout, direction, impl):
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
     v, idx = F.max_pool2d(x, k, s, return_indices=True)
-    v = v.to(getattr(torch, dtype)).requires_grad_(direction == "bwd")
+    v = v.to(getattr(torch, dtype)).requires_grad_(direction != "fwd")
     f = IMPLS[impl]
     args = (idx, k, s, 0, shape[2:])
     # Bytes moved by an ideal kernel: values and indices read once, output written once
@@ -47,7 +47,10 @@ def test_unpool(benchmark, device, case, dtype, layout, direction, impl):
     benchmark.extra_info.update(op="unpool", case=case, bytes=io)
     if direction == "fwd":
         run(benchmark, lambda: f(v, *args), device)
-    else:
+    elif direction == "bwd":
         y = f(v, *args)
         g = torch.randn_like(y)
         run(benchmark, lambda: torch.autograd.grad(y, v, g, retain_graph=True), device)
+    else:
+        g = torch.randn_like(f(v.detach(), *args))
+        run(benchmark, lambda: torch.autograd.grad(f(v, *args), v, g), device)
