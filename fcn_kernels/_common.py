@@ -20,6 +20,12 @@ def check_tensor4d(t, name: str) -> None:
 
 def pair(value, name: str, kind=numbers.Integral):
     """Expand an int (or float, with kind=numbers.Real) or a 2-sequence to a tuple of 2."""
+    # Fast path for the common plain-int cases (these wrappers run on every call).
+    if type(value) is int:
+        return (value, value)
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int:
+        return tuple(value)
     if isinstance(value, (list, tuple, torch.Size)):
         if len(value) != 2:
             raise ValueError(f"{name} must be a number or a pair, got {value!r}")

@@ -11,6 +11,8 @@ _ops = torch.ops.fcn_kernels
 
 def _ints(value, name, minimum):
     v = pair(value, name)
+    if type(v[0]) is int and type(v[1]) is int and v[0] >= minimum and v[1] >= minimum:
+        return v  # fast path
     for item in v:
         if not isinstance(item, torch.SymInt) and item < minimum:
             what = "positive" if minimum == 1 else f">= {minimum}"
