@@ -442,18 +442,20 @@ def test_cuda_matches_cpu_random():
             assert_close(b, a)
 
 
-# ---- uniform rank-1 diagonal filters (FCN's bilinear weight): the separable path ------
+# ---- one filter on the whole channel diagonal (FCN's bilinear weight) -------------------
 
-def _rank1_weight(channels, kh, kw, groups=1, seed=0):
-    """The same filter u v^T on every diagonal channel; small integers over a power of
-    two, so u v^T is exact and the CPU kernel's rank-1 test must accept it."""
+def _rank1_weight(channels, kh, kw, groups=1, seed=0, rank1=True):
+    """The same filter on every diagonal channel: u v^T with small integers over a power
+    of two (exact, so the CPU kernel's rank-1 test must accept it), or a random filter
+    (rank > 1: the row-by-row path)."""
     g = torch.Generator().manual_seed(seed)
     u = torch.randint(1, 9, (kh,), generator=g).double()
     v = torch.randint(-8, 9, (kw,), generator=g).double() / 8
+    f = torch.outer(u, v) if rank1 else torch.randn(kh, kw, generator=g, dtype=torch.float64)
     cg = channels // groups
     w = torch.zeros(channels, cg, kh, kw, dtype=torch.float64)
     for c in range(channels):
-        w[c, c % cg] = torch.outer(u, v)
+        w[c, c % cg] = f
     return w
 
 
@@ -466,11 +468,12 @@ def _rank1_weight(channels, kh, kw, groups=1, seed=0):
     dict(stride=1, k=(1, 1)),
 ])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_uniform_rank1_diagonal_filter(cfg, layout):
+@pytest.mark.parametrize("rank1", [True, False], ids=["rank1", "any_rank"])
+def test_uniform_diagonal_filter(cfg, layout, rank1):
     cfg = dict(cfg)
     kh, kw = cfg.pop("k")
     groups = cfg.get("groups", 1)
-    w = _rank1_weight(4, kh, kw, groups)
+    w = _rank1_weight(4, kh, kw, groups, rank1=rank1)
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -484,11 +487,12 @@ def test_uniform_rank1_diagonal_filter(cfg, layout):
 
 @pytest.mark.parametrize("change", ["not_rank1", "not_uniform", "nan", "bias"])
 def test_filters_that_are_not_uniform_rank1(change):
-    """Near misses of the separable path must still give ATen's exact result."""
+    """Near misses of the separable path (taking the row-by-row or the per-channel path)
+    must still give ATen's exact result."""
     w = _rank1_weight(3, 4, 4)
     b = None
     if change == "not_rank1":
-        w[1, 1, 2, 2] *= 1 + 1e-6      # far above the 4-ulp tolerance in float64
+        w[:, :, 2, 2] *= 1 + 1e-6      # far above the 4-ulp tolerance in float64
     elif change == "not_uniform":
         w[2, 2] *= 2                   # rank-1 but a different filter on one channel
     elif change == "nan":

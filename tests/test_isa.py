@@ -33,7 +33,7 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16
                 g = torch.randn_like(r)
                 check(torch.autograd.grad(y, xt, g.to(dtype))[0],
                       torch.autograd.grad(r, xr, g.to(dtype).double())[0], tol * 4)
-        for k, s, off, size in ((4, 2, 0, None), (16, 8, 5, (41, 50))):
+        for k, s, off, size in ((4, 2, 0, None), (16, 8, 5, (41, 50)), (64, 32, 19, (60, 70))):
             w = fk.bilinear_kernel(5, k, dtype=dtype)
             y = fk.conv_transpose2d_crop(xt, w, stride=s, offset=(off, off), size=size)
             r = F.conv_transpose2d(xr, w.double(), stride=s)[..., off:, off:]

@@ -76,43 +76,48 @@ inline int64_t grain(int64_t row_elems) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elems));
 }
 
-// FCN's bilinear weight is one rank-1 filter u v^T repeated along the channel diagonal.
-// Then the transposed convolution is separable (columns, then rows) with the same sparse
-// 1-D maps machinery as bilinear upsampling (separable.h): per output about KH/s + KW/s
-// multiply-adds, vectorised, instead of a 2-D tap loop. True when every diagonal filter
-// of wd (C, KH, KW) equals the first one and that one factors as u v^T to within 4 ulps
-// per element (u v^T is computed by dividing by a pivot, so exact equality is not
-// available); then u and v are set. NaN/Inf filters are left to the direct path.
+// FCN's bilinear weight is one filter f repeated along the channel diagonal ("uniform").
+// Then the transposed convolution needs no per-channel weights and runs on the 1-D map
+// loops of separable.h (vectorised, compiled per ISA) instead of a 2-D tap loop:
+// * f = u v^T (rank 1, FCN's weight in float32/float64): separable, columns then rows,
+//   each input row filtered once and blended into the output rows that read it;
+// * any other f (e.g. that weight rounded to bfloat16 for k >= 32, whose products no
+//   longer fit 8 bits): each output row sums its row taps (ky, iy), input row iy
+//   filtered along the row by f[ky, :].
 template <typename acc_t>
-bool uniform_rank1(const acc_t* wd, int64_t C, int64_t KH, int64_t KW, std::vector<acc_t>& u,
-                   std::vector<acc_t>& v) {
-  const int64_t K = KH * KW;
+bool is_uniform(const acc_t* wd, int64_t C, int64_t K) {
   for (int64_t e = K; e < C * K; ++e) {
-    if (!(wd[e] == wd[e % K])) return false;
+    if (!(wd[e] == wd[e % K])) return false;  // NaN compares unequal: direct path
   }
+  return true;
+}
+
+// f (KH, KW) == u v^T to within 4 ulps per element (u v^T comes from dividing by a pivot,
+// so exact equality is not available). Non-finite filters are refused.
+template <typename acc_t>
+bool rank1(const acc_t* f, int64_t KH, int64_t KW, std::vector<acc_t>& u, std::vector<acc_t>& v) {
   int64_t piv = 0;
-  for (int64_t e = 1; e < K; ++e) {
-    if (std::abs(wd[e]) > std::abs(wd[piv])) piv = e;
+  for (int64_t e = 1; e < KH * KW; ++e) {
+    if (std::abs(f[e]) > std::abs(f[piv])) piv = e;
   }
-  const acc_t m = wd[piv];
+  const acc_t m = f[piv];
   if (!std::isfinite(m)) return false;
   u.resize(KH);
   v.resize(KW);
-  for (int64_t i = 0; i < KH; ++i) u[i] = wd[i * KW + piv % KW];
-  for (int64_t j = 0; j < KW; ++j) v[j] = m == acc_t(0) ? acc_t(0) : wd[piv / KW * KW + j] / m;
+  for (int64_t i = 0; i < KH; ++i) u[i] = f[i * KW + piv % KW];
+  for (int64_t j = 0; j < KW; ++j) v[j] = m == acc_t(0) ? acc_t(0) : f[piv / KW * KW + j] / m;
   const acc_t tol = 4 * std::numeric_limits<acc_t>::epsilon();
   for (int64_t i = 0; i < KH; ++i) {
     for (int64_t j = 0; j < KW; ++j) {
-      const acc_t f = wd[i * KW + j];
-      if (!(std::abs(f - u[i] * v[j]) <= tol * std::abs(f))) return false;
+      if (!(std::abs(f[i * KW + j] - u[i] * v[j]) <= tol * std::abs(f[i * KW + j]))) return false;
     }
   }
   return true;
 }
 
-// Taps (k, index) along one axis weighted by the 1-D filter f, as a separable.h map.
+// Taps (k, index) along one axis weighted by the 1-D filter f[k], as a separable.h map.
 template <typename acc_t>
-Csr<acc_t> weighted_map(const Taps& t, const std::vector<acc_t>& f) {
+Csr<acc_t> weighted_map(const Taps& t, const acc_t* f) {
   Csr<acc_t> m;
   for (size_t a = 0; a + 1 < t.start.size(); ++a) {
     for (int64_t j = t.start[a]; j < t.start[a + 1]; ++j) m.add(t.idx[j], f[t.k[j]]);
@@ -120,6 +125,58 @@ Csr<acc_t> weighted_map(const Taps& t, const std::vector<acc_t>& f) {
   }
   m.close();
   return m;
+}
+
+// The non-rank-1 uniform case: out[p, a] = sum over row taps (ky, iy) of a of
+// Mw[ky] in[p, iy], with Mw[ky] = the column taps weighted by f[ky, :].
+template <typename scalar_t, typename Planar>
+void uniform_rows(const scalar_t* in, scalar_t* out, int64_t P, int64_t IH, int64_t IW,
+                  int64_t OH, int64_t OW, int64_t V, const Taps& th,
+                  const std::vector<Csr<at::opmath_type<scalar_t>>>& mw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = OW * V;
+  at::parallel_for(0, P * OH, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> h(row), acc(row, acc_t(0));
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t p = r / OH, a = r % OH;
+      if (th.start[a] == th.start[a + 1]) std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t j = th.start[a]; j < th.start[a + 1]; ++j) {
+        const Csr<acc_t>& m = mw[th.k[j]];
+        sep::hpass_isa<scalar_t, Planar>(in + (p * IH + th.idx[j]) * IW * V, h.data(), OW, V,
+                                         m.start.data(), m.index.data(), m.weight.data(),
+                                         m.two_taps);
+        sep::axpy_isa<acc_t>(acc.data(), h.data(), acc_t(1), row, j == th.start[a]);
+      }
+      sep::store_isa<scalar_t>(out + r * row, acc.data(), row);
+    }
+  });
+}
+
+// Runs the uniform-filter paths (forward: th/tw are source taps, in = x; backward-input:
+// target taps, in = grad_output). False when the diagonal filters differ.
+template <typename scalar_t>
+bool uniform_diagonal(const at::Tensor& in, at::Tensor& out, int64_t P, int64_t V,
+                      const at::Tensor& wd, const Taps& th, const Taps& tw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t KH = wd.size(1), KW = wd.size(2);
+  const acc_t* f = wd.const_data_ptr<acc_t>();
+  if (!is_uniform(f, wd.size(0), KH * KW)) return false;
+  std::vector<acc_t> u, v;
+  if (rank1(f, KH, KW, u, v)) {
+    separable_apply<scalar_t>(in, out, P, V, weighted_map(th, u.data()),
+                              weighted_map(tw, v.data()));
+    return true;
+  }
+  std::vector<Csr<acc_t>> mw;
+  for (int64_t ky = 0; ky < KH; ++ky) mw.push_back(weighted_map(tw, f + ky * KW));
+  auto run = [&](auto planar) {
+    uniform_rows<scalar_t, decltype(planar)>(in.const_data_ptr<scalar_t>(),
+                                             out.mutable_data_ptr<scalar_t>(), P, in.size(2),
+                                             in.size(3), out.size(2), out.size(3), V, th, mw);
+  };
+  if (V == 1) run(std::true_type{}); else run(std::false_type{});
+  return true;
 }
 
 // Channel-diagonal gather on the (P, H, W, V) view (P = N*C, V = 1 for NCHW; P = N,
@@ -299,11 +356,7 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
     const auto [P, V] = planes_and_vec(x, fmt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "deconv_diag_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      std::vector<acc_t> u, v;
-      if (!bias.defined() && uniform_rank1(wd.const_data_ptr<acc_t>(), Cout, KH, KW, u, v)) {
-        separable_apply<scalar_t>(x, y, P, V, weighted_map(th, u), weighted_map(tw, v));
-        return;
-      }
+      if (!bias.defined() && uniform_diagonal<scalar_t>(x, y, P, V, wd, th, tw)) return;
       diagonal_gather<scalar_t>(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                                 wd.const_data_ptr<acc_t>(),
                                 bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, P,
@@ -343,11 +396,7 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
     const auto [P, V] = planes_and_vec(gx, fmt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "deconv_diag_bwd_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      std::vector<acc_t> u, v;
-      if (uniform_rank1(wd.const_data_ptr<acc_t>(), Cin, KH, KW, u, v)) {
-        separable_apply<scalar_t>(g, gx, P, V, weighted_map(th, u), weighted_map(tw, v));
-        return;
-      }
+      if (uniform_diagonal<scalar_t>(g, gx, P, V, wd, th, tw)) return;
       diagonal_gather<scalar_t>(g.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
                                 wd.const_data_ptr<acc_t>(), nullptr, P, Cin, OH, OW, IH, IW,
                                 V, KH, KW, th, tw, /*forward=*/false,
