@@ -107,6 +107,36 @@ def test_backward_matches_aten(pool, dtype, device):
         assert_same(ours, ref)
 
 
+# NCHW backwards with grad_input >= 1 MiB in a 4- or 8-byte dtype take the CPU kernel's
+# large-problem path (streaming stores, plus a prefetch of grad_output when its rows
+# are >= 256 bytes). float32: 128-wide rows (prefetch, 66 planes: tasks end mid-plane)
+# and 55-wide rows (none); float64: both prefetch; bfloat16: the ordinary path.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape, k", [((3, 22, 128, 128), 2), ((8, 64, 55, 55), 3)])
+def test_backward_large(shape, k, dtype, device):
+    y, i = pooled(shape, k, 2, 0, False, dtype, device)
+    size = shape[-2:]
+    plane = size[0] * size[1]
+    g = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    yy = y.requires_grad_()
+    (ours,) = torch.autograd.grad(fk.max_unpool2d(yy, i, k, 2, output_size=size), yy, g)
+    yc = y.detach().cpu().requires_grad_()
+    (ref,) = torch.autograd.grad(F.max_unpool2d(yc, i.cpu(), k, 2, output_size=size), yc,
+                                 g.cpu())
+    assert_same(ours, ref)
+    # Indices anywhere in the plane (the prefetch does not follow them): still exact.
+    j = torch.randint(0, plane, i.shape).to(device)
+    assert_same(ops.max_unpool2d_backward(g, j, [k, k], [2, 2], [0, 0]),
+                g.cpu().flatten(2).gather(2, j.cpu().flatten(2)).view(j.shape))
+    # A bad index near the end still raises.
+    n, c, h, w = i.shape
+    j = i.clone()
+    j[n - 1, c - 1, h - 1, w - 3] = plane
+    with pytest.raises(IndexError, match=rf"indices\[{n - 1}, {c - 1}, {h - 1}, {w - 3}\] = "):
+        ops.max_unpool2d_backward(g, j, [k, k], [2, 2], [0, 0])
+
+
 @pytest.mark.parametrize("output_size", [None, "2", "4", "size", "min", "max"])
 @pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (2, 3, 0)])
 def test_output_size_forms(output_size, k, s, p, device):

@@ -20,8 +20,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "../unpool.h"
 
@@ -129,29 +134,89 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
   return ok.load();
 }
 
+// Backward. ATen's (torch 2.14) is grad_output.flatten(-2).gather(-1, indices.flatten(-2)):
+// a scalar loop with a bounds check per element, in parallel over the N*C planes, bound
+// by memory (grad_output is read whole: every cache line holds some window's maximum).
+// Ours is the same loop and, for large NCHW problems (grad_input >= 1 MiB), also:
+// * streaming (non-temporal) stores for grad_input: its lines are not read from memory
+//   first (as on an ordinary store miss), evict nothing and hold none of the miss
+//   buffers the loads need;
+// * when grad_output rows are >= 256 bytes, a software prefetch of grad_output running
+//   8 KiB ahead. A window's rows are then far apart and its loads alternate between
+//   them, which the hardware prefetchers (measured on Zen 4) follow poorly; with shorter
+//   rows they do, and the software prefetches only cost time.
+// Streaming stores: x86-64 (movnti, SSE2), 4- and 8-byte elements. A task ends with a
+// store fence (stream_fence) so that its values are visible to other threads.
+template <typename T>
+inline void store(T* p, T v, std::false_type /*stream*/) {
+  *p = v;
+}
+#if defined(__x86_64__)
+inline void store(uint32_t* p, uint32_t v, std::true_type) {
+  _mm_stream_si32(reinterpret_cast<int*>(p), static_cast<int>(v));
+}
+inline void store(uint64_t* p, uint64_t v, std::true_type) {
+  _mm_stream_si64(reinterpret_cast<long long*>(p), static_cast<long long>(v));
+}
+inline void stream_fence() { _mm_sfence(); }
+constexpr bool kCanStream = true;
+#else
+template <typename T>
+inline void store(T* p, T v, std::true_type) {
+  *p = v;
+}
+inline void stream_fence() {}
+constexpr bool kCanStream = false;
+#endif
+
+// Below kStreamBytes, ordinary stores leave grad_input in cache for the next op and
+// there is little to gain.
+constexpr int64_t kStreamBytes = int64_t(1) << 20;
+constexpr int64_t kPrefetchRowBytes = 256;
+
+// Prefetches the bytes of a task's grad_output in order, up to kAhead bytes past the
+// element being read (the gather reads grad_output roughly in order: pooling windows
+// are). Each line is prefetched once; indices that jump around only waste prefetches.
+struct Prefetcher {
+  static constexpr int64_t kAhead = 8192;
+  const char* next;  // first byte not prefetched yet
+  const char* end;   // end of the task's grad_output
+  void ahead_of(const char* p) {  // p <= end
+    const char* want = p + std::min<std::ptrdiff_t>(kAhead, end - p);
+    for (next = std::max(next, p); next < want; next += 64) __builtin_prefetch(next);
+  }
+};
+
 // out[j * V + c] = g[ind[j * V + c] * V + c] for j < n, c < V. False (at once) if an
-// index is outside [0, plane).
-template <typename T, typename Vec>
+// index is outside [0, plane). All stores of a task go through `store` with the same
+// Stream (mixing ordinary and streaming stores to one cache line is slow). NCHW
+// prefetches through `pf` (unless null) every kBlock elements.
+template <typename T, typename Vec, typename Stream>
 bool gather(const T* __restrict__ g, const int64_t* __restrict__ ind, T* __restrict__ out,
-            int64_t n, int64_t plane, Vec V) {
+            int64_t n, int64_t plane, Vec V, Stream st, Prefetcher* pf) {
   int64_t j = 0;
   if constexpr (!std::is_same_v<Vec, int64_t>) {  // NCHW: 4 at a time, one check
+    constexpr int64_t kBlock = 256;
     const uint64_t lim = static_cast<uint64_t>(plane);
-    for (; j + 4 <= n; j += 4) {
-      const uint64_t i0 = ind[j], i1 = ind[j + 1], i2 = ind[j + 2], i3 = ind[j + 3];
-      if ((i0 >= lim) | (i1 >= lim) | (i2 >= lim) | (i3 >= lim)) return false;
-      const T a = g[i0], b = g[i1], c = g[i2], d = g[i3];
-      out[j] = a;
-      out[j + 1] = b;
-      out[j + 2] = c;
-      out[j + 3] = d;
+    while (j + 4 <= n) {
+      if (pf) pf->ahead_of(reinterpret_cast<const char*>(g + std::min<uint64_t>(ind[j], lim)));
+      const int64_t stop = j + std::min(kBlock, (n - j) & ~int64_t(3));
+      for (; j < stop; j += 4) {
+        const uint64_t i0 = ind[j], i1 = ind[j + 1], i2 = ind[j + 2], i3 = ind[j + 3];
+        if ((i0 >= lim) | (i1 >= lim) | (i2 >= lim) | (i3 >= lim)) return false;
+        const T a = g[i0], b = g[i1], c = g[i2], d = g[i3];
+        store(out + j, a, st);
+        store(out + j + 1, b, st);
+        store(out + j + 2, c, st);
+        store(out + j + 3, d, st);
+      }
     }
   }
   for (; j < n; ++j) {
     for (int64_t c = 0; c < V; ++c) {
       const uint64_t i = static_cast<uint64_t>(ind[j * V + c]);
       if (i >= static_cast<uint64_t>(plane)) return false;
-      out[j * V + c] = g[i * V + c];
+      store(out + j * V + c, g[i * V + c], st);
     }
   }
   return true;
@@ -159,22 +224,24 @@ bool gather(const T* __restrict__ g, const int64_t* __restrict__ ind, T* __restr
 
 // grad_input[p, j, c] = grad_output[p, indices[p, j, c], c], a task's rows gathered one
 // plane at a time. False if an index is out of range.
-template <typename T>
-bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u) {
+template <typename T, typename Vec, typename Stream>
+bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u, Vec V,
+                     Stream st, bool prefetch) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
-  with_vec(u.V, [&](auto V) {
-    at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end;) {
-        const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
-        if (!gather(g + p * plane * V, ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
-                    plane, V)) {
-          ok.store(false, std::memory_order_relaxed);
-          return;
-        }
-        r = stop;
+  at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
+    Prefetcher pf{reinterpret_cast<const char*>(g + begin / IH * plane * V),
+                  reinterpret_cast<const char*>(g + ((end - 1) / IH + 1) * plane * V)};
+    for (int64_t r = begin; r < end;) {
+      const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
+      if (!gather(g + p * plane * V, ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
+                  plane, V, st, prefetch ? &pf : nullptr)) {
+        ok.store(false, std::memory_order_relaxed);
+        break;
       }
-    });
+      r = stop;
+    }
+    if constexpr (Stream::value) stream_fence();
   });
   return ok.load();
 }
@@ -206,9 +273,21 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
   bool ok = true;
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
-    ok = backward_gather(static_cast<const T*>(u.src.const_data_ptr()),
-                         u.indices.const_data_ptr<int64_t>(),
-                         static_cast<T*>(u.out.mutable_data_ptr()), u);
+    const T* g = static_cast<const T*>(u.src.const_data_ptr());
+    const int64_t* ind = u.indices.const_data_ptr<int64_t>();
+    T* gx = static_cast<T*>(u.out.mutable_data_ptr());
+    // Large NCHW problems: streaming stores, and prefetching for long rows (see above;
+    // channels_last is already far ahead of ATen).
+    if constexpr (kCanStream && sizeof(T) >= 4) {
+      if (u.V == 1 && u.out.nbytes() >= kStreamBytes) {
+        ok = backward_gather(g, ind, gx, u, std::integral_constant<int64_t, 1>{},
+                             std::true_type{}, u.OW * int64_t(sizeof(T)) >= kPrefetchRowBytes);
+        return;
+      }
+    }
+    with_vec(u.V, [&](auto V) {
+      ok = backward_gather(g, ind, gx, u, V, std::false_type{}, /*prefetch=*/false);
+    });
   });
   if (!ok) raise_bad_index(indices, u.OH, u.OW);
   return u.out;
