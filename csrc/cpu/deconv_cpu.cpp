@@ -14,15 +14,20 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/conv_transpose2d.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
+#include "isa.h"
 
 namespace fcn_kernels {
 namespace {
@@ -223,6 +228,463 @@ at::Tensor diagonal_weight(const at::Tensor& w, int64_t G) {
       .contiguous();
 }
 
+// ---------------------------------------------------------------------------------
+// Any other weight: sub-pixel (phase) decomposition, then GEMMs.
+//
+// Along an axis, input i reaches full-map position Z - p = i*s + k*d - p through tap k.
+// Writing k*d = r + s*m (0 <= r < s), position Z = q*s + r (block q, phase r) receives
+// x[q - m] through each tap of phase r. So every block of s_h x s_w outputs is the same
+// dense linear map of the inputs x[:, q_h - m_h, q_w - m_w] over the few distinct
+// offsets m (2 x 2 for FCN's k = 2s):
+//   D[(co, r_h, r_w)][block] = sum over (ci, m_h, m_w) of B[(co, r_h, r_w)][(ci, m_h, m_w)]
+//                                                      * col[(ci, m_h, m_w)][block],
+// one GEMM (ATen's: MKL / oneDNN) per chunk of block rows, then D is copied into the
+// crop. No multiplies by the zeros a strided transposed convolution inserts, no
+// scatter-add, only the blocks under the crop window. The two gradients are the other
+// two products of the same matrices. Chunks have sizes derived from the shapes alone
+// and every sum a fixed order: the same bits on every run and for any thread count.
+
+// One axis. Crop index a sits at Z = a + pre (pre = offset + padding), in block Z / s
+// and phase Z % s; the crop spans blocks q0 .. q0 + nq - 1. Block j (counted from q0)
+// reads, through offset m, position j + m.back() - m of the input padded to nq + dm
+// positions (dm = m.back() - m.front()) starting at input index q0 - m.back().
+struct PhaseAxis {
+  int64_t s = 1, pre = 0, q0 = 0, nq = 0, dm = 0;
+  std::vector<int64_t> m;      // the distinct offsets m, ascending
+  std::vector<int64_t> r, mi;  // per tap k: its phase and the index of its m
+};
+
+PhaseAxis phase_axis(int64_t K, int64_t s, int64_t p, int64_t d, int64_t off, int64_t out) {
+  PhaseAxis a;
+  a.s = s;
+  a.pre = off + p;
+  a.q0 = a.pre / s;
+  a.nq = (a.pre + out - 1) / s - a.q0 + 1;
+  for (int64_t k = 0; k < K; ++k) a.m.push_back(k * d / s);
+  a.m.erase(std::unique(a.m.begin(), a.m.end()), a.m.end());  // ascending already
+  a.dm = a.m.back() - a.m.front();
+  for (int64_t k = 0; k < K; ++k) {
+    a.r.push_back(k * d % s);
+    a.mi.push_back(std::lower_bound(a.m.begin(), a.m.end(), k * d / s) - a.m.begin());
+  }
+  return a;
+}
+
+// Both axes, per-group channels and the GEMM sizes: K = cin * |m_h| * |m_w| rows
+// (ci, i_h, i_w) of col, M = cout * s_h * s_w rows (co, r_h, r_w) of D. Padded input
+// planes are Hp x Wp; a block row of col / D has Wp blocks, of which the last dm_w are
+// unused (so that col rows are plain copies of padded planes). The N * h.nq block rows
+// are split into chunks of rc rows.
+struct PhaseGeom {
+  PhaseAxis h, w;
+  int64_t G = 1, cin = 0, cout = 0, K = 0, M = 0, Hp = 0, Wp = 0, rows = 0, rc = 1, chunks = 0;
+};
+
+PhaseGeom phase_geom(int64_t N, int64_t Cin, at::IntArrayRef w, int64_t groups,
+                     at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation, at::IntArrayRef offset, int64_t OH,
+                     int64_t OW, int64_t elem_size) {
+  PhaseGeom g;
+  g.h = phase_axis(w[2], stride[0], padding[0], dilation[0], offset[0], OH);
+  g.w = phase_axis(w[3], stride[1], padding[1], dilation[1], offset[1], OW);
+  g.G = groups;
+  g.cin = Cin / groups;
+  g.cout = w[1];
+  g.K = g.cin * static_cast<int64_t>(g.h.m.size() * g.w.m.size());
+  g.M = g.cout * g.h.s * g.w.s;
+  g.Hp = g.h.nq + g.h.dm;
+  g.Wp = g.w.nq + g.w.dm;
+  g.rows = N * g.h.nq;
+  // Chunks of about 2 MiB of col + D: large GEMMs (oneDNN's bfloat16 GEMM costs ~10 us
+  // per call); at least two where there are rows enough so that small layers use two
+  // threads, and a multiple of 4 beyond that for an even split. From the shapes only,
+  // never the thread count, so the results do not depend on it.
+  const int64_t total = g.rows * g.Wp * (g.K + 1 + g.M) * elem_size;
+  int64_t n = std::max<int64_t>(2, (total + (int64_t{2} << 20) - 1) / (int64_t{2} << 20));
+  if (n > 2) n = (n + 3) / 4 * 4;
+  n = std::min(n, g.rows);
+  g.rc = (g.rows + n - 1) / n;
+  g.chunks = (g.rows + g.rc - 1) / g.rc;
+  return g;
+}
+
+// B per group, (G, M, K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero where a
+// phase has no tap at an offset. With a bias, an extra column holds it (col's matching
+// row is all ones), so the GEMM adds it before its single rounding.
+at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g) {
+  const int64_t K1 = g.K + (bias.defined() ? 1 : 0);
+  at::Tensor bt = at::zeros({g.G, g.M, K1}, weight.options());
+  const at::Tensor w = weight.contiguous();
+  const int64_t KH = w.size(2), KW = w.size(3), nmh = g.h.m.size(), nmw = g.w.m.size();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* dst = bt.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < g.G * g.cin; ++c) {
+      scalar_t* bg = dst + (c / g.cin) * g.M * K1;
+      const int64_t ci = c % g.cin;
+      for (int64_t co = 0; co < g.cout; ++co) {
+        for (int64_t ky = 0; ky < KH; ++ky) {
+          for (int64_t kx = 0; kx < KW; ++kx) {
+            const int64_t row = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
+            const int64_t col = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
+            bg[col * K1 + row] = *src++;
+          }
+        }
+      }
+    }
+    if (bias.defined()) {
+      const scalar_t* b = bias.const_data_ptr<scalar_t>();
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        for (int64_t m = 0; m < g.M; ++m) {
+          dst[(gi * g.M + m) * K1 + g.K] = b[gi * g.cout + m / (g.h.s * g.w.s)];
+        }
+      }
+    }
+  });
+  return bt;
+}
+
+// Plain-data arguments of the FK_INLINE leaves below (FK_MULTI_ISA compiles them for
+// AVX-512 / AVX2 as well: the bfloat16 / half moves vectorise like ATen's).
+struct MoveArgs {
+  int64_t r0, r1;                // block rows [r0, r1): row = n * nqh + (q_h - q0h)
+  int64_t s_h, q0h, nqh, pre_h;  // PhaseAxis h
+  int64_t s_w, nqw, pre_w, Wp;   // PhaseAxis w, blocks per block row
+  int64_t M, C, H, W;            // D row length; the image's (group's) channels and size
+  int64_t st[4];                 // the image's strides
+};
+
+MoveArgs move_args(const PhaseGeom& g, int64_t r0, int64_t r1, int64_t C, int64_t H, int64_t W,
+                   at::IntArrayRef st) {
+  return {r0, r1, g.h.s, g.h.q0, g.h.nq, g.h.pre, g.w.s, g.w.nq, g.w.pre, g.Wp, g.M, C, H, W,
+          {st[0], st[1], st[2], st[3]}};
+}
+
+// Zero-padded input planes: dst[(p * Hp + u) * Wp + v] = x[n, c, u0 + u, v0 + v] for the
+// planes p = n * C + c in [p0, p1) (0 outside the image).
+template <typename T>
+FK_INLINE void pad_leaf(T* dst, const T* x, const MoveArgs& a, int64_t Hp, int64_t u0,
+                        int64_t v0, int64_t p0, int64_t p1) {
+  const int64_t Wp = a.Wp, sw = a.st[3];
+  const int64_t lo = std::clamp<int64_t>(-v0, 0, Wp), hi = std::clamp<int64_t>(a.W - v0, lo, Wp);
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t u = 0; u < Hp; ++u) {
+      T* d = dst + (p * Hp + u) * Wp;
+      const int64_t ih = u0 + u;
+      if (ih < 0 || ih >= a.H) {
+        for (int64_t v = 0; v < Wp; ++v) d[v] = T(0);
+        continue;
+      }
+      const T* s = x + (p / a.C) * a.st[0] + (p % a.C) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
+      for (int64_t v = 0; v < lo; ++v) d[v] = T(0);
+      if (sw == 1) {
+        for (int64_t v = lo; v < hi; ++v) d[v] = s[v - lo];
+      } else {
+        for (int64_t v = lo; v < hi; ++v) d[v] = s[(v - lo) * sw];
+      }
+      for (int64_t v = hi; v < Wp; ++v) d[v] = T(0);
+    }
+  }
+}
+FK_MULTI_ISA(pad_leaf)
+
+// x (any strides) as padded planes, plus a zero tail for the copies of the last plane
+// that run dm_w past its end (into unused blocks).
+template <typename T>
+at::Tensor phase_pad(const at::Tensor& x, const PhaseGeom& g) {
+  const int64_t P = x.size(0) * x.size(1), plane = g.Hp * g.Wp;
+  at::Tensor xp = at::empty({P * plane + g.w.dm}, x.options());
+  T* dst = xp.mutable_data_ptr<T>();
+  std::fill(dst + P * plane, dst + P * plane + g.w.dm, T(0));
+  const MoveArgs a = move_args(g, 0, 0, x.size(1), x.size(2), x.size(3), x.strides());
+  const T* src = x.const_data_ptr<T>();
+  at::parallel_for(0, P, std::max<int64_t>(1, 32768 / plane), [&](int64_t p0, int64_t p1) {
+    pad_leaf_isa<T>(dst, src, a, g.Hp, g.h.q0 - g.h.m.back(), g.w.q0 - g.w.m.back(), p0, p1);
+  });
+  return xp;
+}
+
+// col[(ci, i_h, i_w)][(row - r0) * Wp + j] for block rows [r0, r1) of group gi: each
+// row of col is a copy of a padded plane from (u, v) = (m_h.back() - m_h, m_w.back() - m_w)
+// on. zero_unused clears the unused blocks (the weight gradient sums over all blocks).
+template <typename T>
+void phase_im2col(T* col, int64_t ld, const T* xp, const PhaseGeom& g, int64_t Cin,
+                  int64_t gi, int64_t r0, int64_t r1, bool zero_unused) {
+  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size(), Wp = g.Wp, plane = g.Hp * Wp;
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t iy = 0; iy < nmh; ++iy) {
+      for (int64_t ix = 0; ix < nmw; ++ix) {
+        T* dst = col + ((ci * nmh + iy) * nmw + ix) * ld;
+        const int64_t shift = (g.h.m.back() - g.h.m[iy]) * Wp + g.w.m.back() - g.w.m[ix];
+        for (int64_t row = r0; row < r1;) {  // one copy per image
+          const int64_t n = row / g.h.nq, t = row % g.h.nq, cnt = std::min(r1 - row, g.h.nq - t);
+          const T* src = xp + (n * Cin + gi * g.cin + ci) * plane + t * Wp + shift;
+          std::copy(src, src + cnt * Wp, dst + (row - r0) * Wp);
+          row += cnt;
+        }
+        if (zero_unused && Wp > g.w.nq) {
+          for (int64_t row = r0; row < r1; ++row) {
+            std::fill(dst + (row - r0) * Wp + g.w.nq, dst + (row - r0 + 1) * Wp, T(0));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Along a crop row, b in [0, W) is in block j = (b + pre_w) / s_w - q0w at phase
+// r = (b + pre_w) % s_w: d[r * ld + j] <-> img[b * is], an interleave of s_w rows of D.
+template <bool kToImage, typename U>
+FK_INLINE void mv(U& i, U& b) {
+  if constexpr (kToImage) {
+    i = b;
+  } else {
+    b = i;
+  }
+}
+template <bool kToImage, int S, typename U>
+FK_INLINE void interleave(U* __restrict__ img, int64_t is, U* __restrict__ d, int64_t ld, int64_t s,
+                          int64_t r, int64_t W) {
+  if (S > 0) s = S;  // a constant for the common strides, so that the loop vectorises
+  int64_t b = 0;
+  if (r != 0) {  // the first block, entered mid-way
+    for (; r < s && b < W; ++r, ++b) mv<kToImage>(img[b * is], d[r * ld]);
+    ++d;
+  }
+  const int64_t nj = (W - b) / s;
+  U* __restrict__ o = img + b * is;
+  if (is == 1) {
+    for (int64_t j = 0; j < nj; ++j) {
+      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[j * s + k], d[k * ld + j]);
+    }
+  } else {
+    for (int64_t j = 0; j < nj; ++j) {
+      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[(j * s + k) * is], d[k * ld + j]);
+    }
+  }
+  b += nj * s;
+  d += nj;
+  for (int64_t k = 0; b < W; ++b, ++k) mv<kToImage>(img[b * is], d[k * ld]);
+}
+
+// D (rows (co, r_h, r_w); columns: the blocks of rows [r0, r1), Wp per row) <-> the
+// image (y or grad_output, from the group's first channel): img[n, co, a, b] =
+// d[(co * s_h + r_h) * s_w + r_w][block]. Into D, the caller zeroes D once: positions
+// outside the crop window are then never written, except in block rows that reach past
+// the crop's top or bottom (the others are the same columns in every block row).
+template <bool kToImage, typename U>
+FK_INLINE void move_leaf(U* img, U* d, int64_t ld, const MoveArgs& a) {
+  const int64_t sw = a.s_w, r = a.pre_w % sw;
+  if (!kToImage) {  // block rows reaching past the crop's top or bottom: zero them first
+    for (int64_t row = a.r0; row < a.r1; ++row) {
+      const int64_t t = row % a.nqh;
+      if ((t == 0 && a.pre_h % a.s_h != 0) || (t == a.nqh - 1 && (a.pre_h + a.H) % a.s_h != 0)) {
+        for (int64_t m = 0; m < a.M; ++m) {
+          U* blk = d + m * ld + (row - a.r0) * a.Wp;
+          for (int64_t j = 0; j < a.Wp; ++j) blk[j] = 0;
+        }
+      }
+    }
+  }
+  for (int64_t row = a.r0; row < a.r1; ++row) {
+    const int64_t n = row / a.nqh, Zq = (a.q0h + row % a.nqh) * a.s_h;
+    U* dcol = d + (row - a.r0) * a.Wp;
+    for (int64_t rh = 0; rh < a.s_h; ++rh) {
+      const int64_t y = Zq + rh - a.pre_h;
+      if (y < 0 || y >= a.H) continue;
+      U* irow = img + n * a.st[0] + y * a.st[2];
+      for (int64_t co = 0; co < a.C; ++co) {
+        U* i = irow + co * a.st[1];
+        U* dd = dcol + (co * a.s_h + rh) * sw * ld;
+        switch (sw) {
+          case 2: interleave<kToImage, 2>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          case 4: interleave<kToImage, 4>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          case 8: interleave<kToImage, 8>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          default: interleave<kToImage, 0>(i, a.st[3], dd, ld, sw, r, a.W);
+        }
+      }
+    }
+  }
+}
+// (Pure copies: U is the unsigned integer of the element's size.)
+template <typename U>
+FK_INLINE void blocks_to_image(U* img, U* d, int64_t ld, const MoveArgs& a) {
+  move_leaf<true>(img, d, ld, a);
+}
+template <typename U>
+FK_INLINE void image_to_blocks(U* img, U* d, int64_t ld, const MoveArgs& a) {
+  move_leaf<false>(img, d, ld, a);
+}
+FK_MULTI_ISA(blocks_to_image)
+FK_MULTI_ISA(image_to_blocks)
+
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+template <typename T>
+Bits<T>* bits(T* p) {
+  return reinterpret_cast<Bits<T>*>(p);
+}
+
+inline int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // buffer offsets: 64 elements
+
+// Forward: y (N, G * cout, OH, OW), any strides, from x through B^T.
+template <typename T>
+void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, const PhaseGeom& g) {
+  const at::Tensor xp = phase_pad<T>(x, g);
+  const int64_t K1 = bt.size(2), ld = g.rc * g.Wp, Cin = x.size(1);
+  T* yp = y.mutable_data_ptr<T>();
+  at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
+    at::Tensor buf = at::empty({aligned(K1 * ld) + g.M * ld}, x.options());
+    at::Tensor col = buf.narrow(0, 0, K1 * ld).view({K1, ld});
+    at::Tensor d = buf.narrow(0, aligned(K1 * ld), g.M * ld).view({g.M, ld});
+    if (K1 > g.K) col[g.K].fill_(1);  // the bias row
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
+      const MoveArgs ya = move_args(g, r0, r1, g.cout, y.size(2), y.size(3), y.strides());
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        phase_im2col<T>(col.mutable_data_ptr<T>(), ld, xp.const_data_ptr<T>(), g, Cin, gi, r0, r1, false);
+        at::Tensor dv = d.narrow(1, 0, nq);
+        at::mm_out(dv, bt[gi], col.narrow(1, 0, nq));
+        blocks_to_image_isa<Bits<T>>(bits(yp + gi * g.cout * y.stride(1)), bits(d.mutable_data_ptr<T>()), ld, ya);
+      }
+    }
+  });
+}
+
+// gx rows [b0, b1) of its (n, c, i_h) rows: gx[n, c, i_h, i_w] = sum over (m_h, m_w) of
+// e[c / cin][(c % cin, m_h, m_w)][block (i_h + m_h, i_w + m_w)], in a fixed order.
+struct Col2imArgs {
+  int64_t C, IH, IW, cin, K, nblk, q0h, nqh, q0w, nqw, Wp, nmh, nmw;
+  const int64_t *mh, *mw;
+  int64_t st[4];
+};
+template <typename T>
+FK_INLINE void col2im_leaf(T* gx, const T* e, at::opmath_type<T>* __restrict__ acc,
+                           const Col2imArgs& a, int64_t b0, int64_t b1) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t row = b0; row < b1; ++row) {
+    const int64_t n = row / (a.C * a.IH), c = row / a.IH % a.C, ih = row % a.IH;
+    for (int64_t iw = 0; iw < a.IW; ++iw) acc[iw] = acc_t(0);
+    for (int64_t iy = 0; iy < a.nmh; ++iy) {
+      const int64_t t = ih + a.mh[iy] - a.q0h;  // block row
+      if (t < 0 || t >= a.nqh) continue;
+      for (int64_t ix = 0; ix < a.nmw; ++ix) {
+        const int64_t j0 = a.mw[ix] - a.q0w;  // input column iw is block iw + j0
+        const int64_t lo = std::clamp<int64_t>(-j0, 0, a.IW), hi = std::clamp<int64_t>(a.nqw - j0, lo, a.IW);
+        const int64_t k = ((c % a.cin) * a.nmh + iy) * a.nmw + ix;
+        const T* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + t) * a.Wp + j0;
+        for (int64_t iw = lo; iw < hi; ++iw) acc[iw] += static_cast<acc_t>(src[iw]);
+      }
+    }
+    T* __restrict__ dst = gx + n * a.st[0] + c * a.st[1] + ih * a.st[2];
+    if (a.st[3] == 1) {
+      for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw] = static_cast<T>(acc[iw]);
+    } else {
+      for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw * a.st[3]] = static_cast<T>(acc[iw]);
+    }
+  }
+}
+FK_MULTI_ISA(col2im_leaf)
+
+// Backward-input: E = B^T x D(grad) ((G, K, blocks)), then col2im_leaf.
+template <typename T>
+void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tensor& gx,
+                          const PhaseGeom& g) {
+  const int64_t ld = g.rc * g.Wp, nblk = g.rows * g.Wp;
+  at::Tensor e = at::empty({g.G, g.K, nblk}, grad.options());
+  T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
+  at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
+    at::Tensor gt = at::zeros({g.M, ld}, grad.options());
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
+      const MoveArgs ga = move_args(g, r0, r1, g.cout, grad.size(2), grad.size(3), grad.strides());
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
+        at::Tensor ev = e[gi].narrow(1, r0 * g.Wp, nq);
+        at::mm_out(ev, bt[gi].t(), gt.narrow(1, 0, nq));
+      }
+    }
+  });
+  const int64_t IW = gx.size(3);
+  const Col2imArgs a{gx.size(1), gx.size(2), IW, g.cin, g.K, nblk, g.h.q0, g.h.nq, g.w.q0, g.w.nq,
+                     g.Wp, static_cast<int64_t>(g.h.m.size()), static_cast<int64_t>(g.w.m.size()),
+                     g.h.m.data(), g.w.m.data(), {gx.stride(0), gx.stride(1), gx.stride(2), gx.stride(3)}};
+  T* xp = gx.mutable_data_ptr<T>();
+  const T* ep = e.const_data_ptr<T>();
+  at::parallel_for(0, gx.size(0) * a.C * a.IH, std::max<int64_t>(1, 16384 / IW), [&](int64_t b0, int64_t b1) {
+    std::vector<at::opmath_type<T>> acc(IW);
+    col2im_leaf_isa<T>(xp, ep, acc.data(), a, b0, b1);
+  });
+}
+
+// Backward-weight: B^T's gradient col x D(grad) summed over all blocks, in S slices of
+// consecutive chunks (each accumulated in order, then the slices in order), mapped back
+// to the (Cin, cout, KH, KW) weight layout.
+template <typename T>
+at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
+                                 at::IntArrayRef weight_size, const PhaseGeom& g) {
+  using acc_t = at::opmath_type<T>;
+  constexpr bool kReduced = !std::is_same_v<T, acc_t>;  // GEMM into T, sum in float
+  const int64_t ld = g.rc * g.Wp, per = g.G * g.K * g.M, Cin = x.size(1);
+  const int64_t S = std::clamp<int64_t>((int64_t{1} << 24) / per, 1, std::min<int64_t>(g.chunks, 8));
+  const at::Tensor xp = phase_pad<T>(x, g);
+  at::Tensor acc = at::empty({S, g.G, g.M, g.K}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
+  at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
+    const int64_t tmp_n = kReduced ? g.K * g.M : 0;
+    at::Tensor buf = at::zeros({aligned(g.K * ld) + aligned(g.M * ld) + tmp_n}, x.options());
+    at::Tensor col = buf.narrow(0, 0, g.K * ld).view({g.K, ld});
+    at::Tensor gt = buf.narrow(0, aligned(g.K * ld), g.M * ld).view({g.M, ld});
+    at::Tensor tmp = kReduced ? buf.narrow(0, aligned(g.K * ld) + aligned(g.M * ld), tmp_n).view({g.M, g.K})
+                              : at::Tensor();
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t cb = s * g.chunks / S, ce = (s + 1) * g.chunks / S;
+      for (int64_t c = cb; c < ce; ++c) {
+        const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
+        const MoveArgs ga = move_args(g, r0, r1, g.cout, grad.size(2), grad.size(3), grad.strides());
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          phase_im2col<T>(col.mutable_data_ptr<T>(), ld, xp.const_data_ptr<T>(), g, Cin, gi, r0, r1, true);
+          image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
+          at::Tensor a = acc[s][gi];
+          const at::Tensor cv = col.narrow(1, 0, nq).t(), gv = gt.narrow(1, 0, nq);
+          if constexpr (kReduced) {
+            at::mm_out(tmp, gv, cv);
+            acc_t* ap = a.mutable_data_ptr<acc_t>();
+            const T* tp = tmp.const_data_ptr<T>();
+            for (int64_t e = 0; e < g.K * g.M; ++e) {
+              ap[e] = (c == cb ? acc_t(0) : ap[e]) + static_cast<acc_t>(tp[e]);
+            }
+          } else if (c == cb) {
+            at::mm_out(a, gv, cv);
+          } else {
+            at::addmm_out(a, a, gv, cv);
+          }
+        }
+      }
+    }
+  });
+  at::Tensor gw = at::empty(weight_size, x.options());
+  const acc_t* ap = acc.const_data_ptr<acc_t>();
+  T* wp = gw.mutable_data_ptr<T>();
+  const int64_t KH = weight_size[2], KW = weight_size[3], nmh = g.h.m.size(), nmw = g.w.m.size();
+  for (int64_t c = 0; c < g.G * g.cin; ++c) {
+    const int64_t ci = c % g.cin;
+    for (int64_t co = 0; co < g.cout; ++co) {
+      for (int64_t ky = 0; ky < KH; ++ky) {
+        for (int64_t kx = 0; kx < KW; ++kx) {
+          const int64_t row = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
+          const int64_t col = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
+          const acc_t* src = ap + ((c / g.cin) * g.M + col) * g.K + row;
+          acc_t v = src[0];
+          for (int64_t s = 1; s < S; ++s) v += src[s * per];
+          *wp++ = static_cast<T>(v);
+        }
+      }
+    }
+  }
+  return gw;
+}
+
 at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias_opt,
                                      at::IntArrayRef stride, at::IntArrayRef padding,
@@ -259,12 +721,16 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
     return y;
   }
 
-  // General weight: ATen's (oneDNN) transposed convolution over the crop window only.
-  const CropRegion r = crop_region(self.sizes(), weight.sizes(), stride, padding, dilation,
-                                   offset, size);
-  const at::Tensor full = at::conv_transpose2d(r.extend(self), weight, bias_opt, stride,
-                                               r.padding, r.output_padding, groups, dilation);
-  return r.window(full, size).contiguous(fmt);
+  // Any other weight: the phase GEMMs (PhaseGeom above), reading x through its strides.
+  const PhaseGeom g = phase_geom(N, self.size(1), weight.sizes(), groups, stride, padding,
+                                 dilation, offset, OH, OW, self.element_size());
+  const at::Tensor bt = phase_weight(
+      weight, bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor(), g);
+  at::Tensor y = at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_phase_cpu", [&] {
+    phase_forward<scalar_t>(self, bt, y, g);
+  });
+  return y;
 }
 
 at::Tensor conv_transpose2d_crop_backward_input_cpu(
@@ -297,13 +763,12 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
     return gx;
   }
 
-  const CropRegion r = crop_region(input_size, weight.sizes(), stride, padding, dilation,
-                                   offset, {OH, OW});
-  const at::Tensor x_ext = at::empty(r.extended(input_size), grad_output.options());
-  const at::Tensor gi = std::get<0>(at::convolution_backward(
-      r.pad_grad(grad_output), x_ext, weight, std::nullopt, stride, r.padding, dilation,
-      /*transposed=*/true, r.output_padding, groups, {true, false, false}));
-  gx.copy_(gi.narrow(2, 0, IH).narrow(3, 0, IW));
+  const PhaseGeom g = phase_geom(input_size[0], Cin, weight.sizes(), groups, stride, padding,
+                                 dilation, offset, OH, OW, grad_output.element_size());
+  const at::Tensor bt = phase_weight(weight, at::Tensor(), g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_phase_bwd_cpu", [&] {
+    phase_backward_input<scalar_t>(grad_output, bt, gx, g);
+  });
   return gx;
 }
 
@@ -318,12 +783,13 @@ at::Tensor conv_transpose2d_crop_backward_weight_cpu(
   if (N == 0 || OH == 0 || OW == 0 || Cout == 0) {
     return at::zeros(weight_size, self.options());
   }
-  const CropRegion r = crop_region(self.sizes(), weight_size, stride, padding, dilation,
-                                   offset, {OH, OW});
-  const at::Tensor w = at::empty(weight_size, self.options());
-  return std::get<1>(at::convolution_backward(
-      r.pad_grad(grad_output), r.extend(self), w, std::nullopt, stride, r.padding, dilation,
-      /*transposed=*/true, r.output_padding, groups, {false, true, false}));
+  const PhaseGeom g = phase_geom(N, self.size(1), weight_size, groups, stride, padding,
+                                 dilation, offset, OH, OW, self.element_size());
+  at::Tensor gw;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_phase_wgrad_cpu", [&] {
+    gw = phase_backward_weight<scalar_t>(grad_output, self, weight_size, g);
+  });
+  return gw;
 }
 
 }  // namespace
