@@ -5,17 +5,13 @@
 //   gather, output (n, c, o) reads input channel c through its few kernel taps only,
 //   as strided row loops; every output element is written by one task in a fixed
 //   order (no atomics, same bits every run);
-// * any other weight: ATen's optimised (oneDNN) transposed convolution and its
-//   backward, set up so that their output *is* the crop window (CropRegion below).
-//   Measured on FCN's shapes this beat our own GEMM + col2im gather by 2-3x.
+// * any other weight: a sub-pixel (phase) decomposition into plain GEMMs (ATen's
+//   MKL / oneDNN) over the blocks under the crop window only (PhaseAxis below).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/conv_transpose2d.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -146,49 +142,6 @@ void diagonal_gather(const scalar_t* in, scalar_t* out, const at::opmath_type<sc
 
 inline c10::ScalarType acc_type_of(c10::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// A transposed convolution whose output is exactly the crop window (up to stride - 1
-// extra rows/columns at the far end): padding + offset moves the window to the origin;
-// since padding trims both ends, output_padding and, if still short, trailing zero
-// input rows/columns (which add nothing) restore the far end. The full uncropped map
-// is never materialised, and ATen's optimised CPU convolution does the arithmetic.
-struct CropRegion {
-  std::vector<int64_t> padding{0, 0}, output_padding{0, 0}, extra{0, 0}, full{0, 0};
-
-  at::Tensor extend(const at::Tensor& x) const {  // append the zero rows/columns
-    if (extra[0] == 0 && extra[1] == 0) return x;
-    return at::constant_pad_nd(x, {0, extra[1], 0, extra[0]});
-  }
-  std::vector<int64_t> extended(at::IntArrayRef sizes) const {
-    return {sizes[0], sizes[1], sizes[2] + extra[0], sizes[3] + extra[1]};
-  }
-  at::Tensor window(const at::Tensor& y, at::IntArrayRef size) const {
-    return y.narrow(2, 0, size[0]).narrow(3, 0, size[1]);
-  }
-  at::Tensor pad_grad(const at::Tensor& g) const {  // zeros where the map exceeds the window
-    const int64_t eh = full[0] - g.size(2), ew = full[1] - g.size(3);
-    return (eh == 0 && ew == 0) ? g : at::constant_pad_nd(g, {0, ew, 0, eh});
-  }
-};
-
-CropRegion crop_region(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation,
-                       at::IntArrayRef offset, at::IntArrayRef size) {
-  CropRegion r;
-  for (int a = 0; a < 2; ++a) {
-    const int64_t s = stride[a], d = dilation[a];
-    r.padding[a] = padding[a] + offset[a];
-    int64_t full = deconv_full_size(x[2 + a], w[2 + a], s, r.padding[a], d, 0);
-    const int64_t short_by = size[a] - full;
-    if (short_by > 0 && short_by < std::max(s, d)) {
-      r.output_padding[a] = short_by;  // ATen allows output_padding < max(stride, dilation)
-    } else if (short_by > 0) {
-      r.extra[a] = (short_by + s - 1) / s;
-    }
-    r.full[a] = full + r.output_padding[a] + r.extra[a] * s;
-  }
-  return r;
 }
 
 // deconv_is_channel_diagonal (common.h) with tensor ops costs tens of ms on a 21x21x64x64
@@ -344,6 +297,19 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
   return bt;
 }
 
+// The data moves below are pure copies, done on the unsigned integer of the element's
+// size (which vectorises; bfloat16 / half as structs do not).
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+template <typename T>
+Bits<T>* bits(T* p) {
+  return reinterpret_cast<Bits<T>*>(p);
+}
+template <typename T>
+const Bits<T>* bits(const T* p) {
+  return reinterpret_cast<const Bits<T>*>(p);
+}
+
 // Plain-data arguments of the FK_INLINE leaves below (FK_MULTI_ISA compiles them for
 // AVX-512 / AVX2 as well: the bfloat16 / half moves vectorise like ATen's).
 struct MoveArgs {
@@ -361,28 +327,28 @@ MoveArgs move_args(const PhaseGeom& g, int64_t r0, int64_t r1, int64_t C, int64_
 }
 
 // Zero-padded input planes: dst[(p * Hp + u) * Wp + v] = x[n, c, u0 + u, v0 + v] for the
-// planes p = n * C + c in [p0, p1) (0 outside the image).
-template <typename T>
-FK_INLINE void pad_leaf(T* dst, const T* x, const MoveArgs& a, int64_t Hp, int64_t u0,
-                        int64_t v0, int64_t p0, int64_t p1) {
+// planes p = n * C + c in [p0, p1) (0 outside the image). U: see blocks_to_image.
+template <typename U>
+FK_INLINE void pad_leaf(U* __restrict__ dst, const U* __restrict__ x, const MoveArgs& a, int64_t Hp,
+                        int64_t u0, int64_t v0, int64_t p0, int64_t p1) {
   const int64_t Wp = a.Wp, sw = a.st[3];
   const int64_t lo = std::clamp<int64_t>(-v0, 0, Wp), hi = std::clamp<int64_t>(a.W - v0, lo, Wp);
   for (int64_t p = p0; p < p1; ++p) {
     for (int64_t u = 0; u < Hp; ++u) {
-      T* d = dst + (p * Hp + u) * Wp;
+      U* d = dst + (p * Hp + u) * Wp;
       const int64_t ih = u0 + u;
       if (ih < 0 || ih >= a.H) {
-        for (int64_t v = 0; v < Wp; ++v) d[v] = T(0);
+        for (int64_t v = 0; v < Wp; ++v) d[v] = 0;
         continue;
       }
-      const T* s = x + (p / a.C) * a.st[0] + (p % a.C) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
-      for (int64_t v = 0; v < lo; ++v) d[v] = T(0);
+      const U* s = x + (p / a.C) * a.st[0] + (p % a.C) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
+      for (int64_t v = 0; v < lo; ++v) d[v] = 0;
       if (sw == 1) {
         for (int64_t v = lo; v < hi; ++v) d[v] = s[v - lo];
       } else {
         for (int64_t v = lo; v < hi; ++v) d[v] = s[(v - lo) * sw];
       }
-      for (int64_t v = hi; v < Wp; ++v) d[v] = T(0);
+      for (int64_t v = hi; v < Wp; ++v) d[v] = 0;
     }
   }
 }
@@ -399,7 +365,7 @@ at::Tensor phase_pad(const at::Tensor& x, const PhaseGeom& g) {
   const MoveArgs a = move_args(g, 0, 0, x.size(1), x.size(2), x.size(3), x.strides());
   const T* src = x.const_data_ptr<T>();
   at::parallel_for(0, P, std::max<int64_t>(1, 32768 / plane), [&](int64_t p0, int64_t p1) {
-    pad_leaf_isa<T>(dst, src, a, g.Hp, g.h.q0 - g.h.m.back(), g.w.q0 - g.w.m.back(), p0, p1);
+    pad_leaf_isa<Bits<T>>(bits(dst), bits(src), a, g.Hp, g.h.q0 - g.h.m.back(), g.w.q0 - g.w.m.back(), p0, p1);
   });
   return xp;
 }
@@ -506,7 +472,6 @@ FK_INLINE void move_leaf(U* img, U* d, int64_t ld, const MoveArgs& a) {
     }
   }
 }
-// (Pure copies: U is the unsigned integer of the element's size.)
 template <typename U>
 FK_INLINE void blocks_to_image(U* img, U* d, int64_t ld, const MoveArgs& a) {
   move_leaf<true>(img, d, ld, a);
@@ -517,13 +482,6 @@ FK_INLINE void image_to_blocks(U* img, U* d, int64_t ld, const MoveArgs& a) {
 }
 FK_MULTI_ISA(blocks_to_image)
 FK_MULTI_ISA(image_to_blocks)
-
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
-template <typename T>
-Bits<T>* bits(T* p) {
-  return reinterpret_cast<Bits<T>*>(p);
-}
 
 inline int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // buffer offsets: 64 elements
 
@@ -617,6 +575,19 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tens
   });
 }
 
+// acc[e] = (first ? 0 : acc[e]) + v[e] (bfloat16 / half partial sums, added in float).
+template <typename T>
+FK_INLINE void accumulate_leaf(at::opmath_type<T>* __restrict__ acc, const T* __restrict__ v,
+                               int64_t n, bool first) {
+  using acc_t = at::opmath_type<T>;
+  if (first) {
+    for (int64_t e = 0; e < n; ++e) acc[e] = static_cast<acc_t>(v[e]);
+  } else {
+    for (int64_t e = 0; e < n; ++e) acc[e] += static_cast<acc_t>(v[e]);
+  }
+}
+FK_MULTI_ISA(accumulate_leaf)
+
 // Backward-weight: B^T's gradient col x D(grad) summed over all blocks, in S slices of
 // consecutive chunks (each accumulated in order, then the slices in order), mapped back
 // to the (Cin, cout, KH, KW) weight layout.
@@ -649,11 +620,7 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
           const at::Tensor cv = col.narrow(1, 0, nq).t(), gv = gt.narrow(1, 0, nq);
           if constexpr (kReduced) {
             at::mm_out(tmp, gv, cv);
-            acc_t* ap = a.mutable_data_ptr<acc_t>();
-            const T* tp = tmp.const_data_ptr<T>();
-            for (int64_t e = 0; e < g.K * g.M; ++e) {
-              ap[e] = (c == cb ? acc_t(0) : ap[e]) + static_cast<acc_t>(tp[e]);
-            }
+            accumulate_leaf_isa<T>(a.mutable_data_ptr<acc_t>(), tmp.const_data_ptr<T>(), per / g.G, c == cb);
           } else if (c == cb) {
             at::mm_out(a, gv, cv);
           } else {
@@ -663,8 +630,11 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
       }
     }
   });
+  acc_t* ap = acc.mutable_data_ptr<acc_t>();
+  for (int64_t s = 1; s < S; ++s) {  // the slices, in order
+    for (int64_t e = 0; e < per; ++e) ap[e] += ap[s * per + e];
+  }
   at::Tensor gw = at::empty(weight_size, x.options());
-  const acc_t* ap = acc.const_data_ptr<acc_t>();
   T* wp = gw.mutable_data_ptr<T>();
   const int64_t KH = weight_size[2], KW = weight_size[3], nmh = g.h.m.size(), nmw = g.w.m.size();
   for (int64_t c = 0; c < g.G * g.cin; ++c) {
@@ -674,10 +644,7 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
         for (int64_t kx = 0; kx < KW; ++kx) {
           const int64_t row = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
           const int64_t col = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
-          const acc_t* src = ap + ((c / g.cin) * g.M + col) * g.K + row;
-          acc_t v = src[0];
-          for (int64_t s = 1; s < S; ++s) v += src[s * per];
-          *wp++ = static_cast<T>(v);
+          *wp++ = static_cast<T>(ap[((c / g.cin) * g.M + col) * g.K + row]);
         }
       }
     }
