@@ -18,6 +18,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <array>
 #include <type_traits>
 #include <vector>
@@ -483,6 +486,135 @@ FK_INLINE void image_to_blocks(U* img, U* d, int64_t ld, const MoveArgs& a) {
 FK_MULTI_ISA(blocks_to_image)
 FK_MULTI_ISA(image_to_blocks)
 
+// ---- float GEMM on AVX-512 ------------------------------------------------------
+// MKL runs its AVX2 kernels on AMD CPUs (measured ~50 GMAC/s per core here), half of
+// what AVX-512 FMAs give; these GEMMs are the bulk of the float work. A plain register
+// tile kernel: C[i][j] = sum over k, in k order, of A[i][k] * B[k][j] (one FMA chain
+// per element, so the bits do not depend on how rows or columns are split).
+constexpr int64_t kMr = 12, kNr = 32;  // register tile: 12 x 2 zmm accumulators
+
+// A (m x k, element (i, kk) at a[i * sm + kk * sk]) as strips of kMr rows, k-major:
+// ap[((i / kMr) * k + kk) * kMr + i % kMr], rows past m zero.
+template <typename T>
+at::Tensor pack_a(const T* a, int64_t m, int64_t k, int64_t sm, int64_t sk) {
+  const int64_t strips = (m + kMr - 1) / kMr;
+  at::Tensor ap = at::empty({strips * k * kMr}, at::kFloat);
+  float* p = ap.mutable_data_ptr<float>();
+  for (int64_t s = 0; s < strips; ++s) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int64_t r = 0; r < kMr; ++r) {
+        const int64_t i = s * kMr + r;
+        *p++ = i < m ? static_cast<float>(a[i * sm + kk * sk]) : 0.f;
+      }
+    }
+  }
+  return ap;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FK_AVX512_GEMM 1
+// C (m x n, ldc) = Ap (packed, m x k) x B (k x n, row-major, ldb).
+__attribute__((target("avx512f,avx512vl,fma"))) void sgemm_avx512(
+    int64_t m, int64_t n, int64_t k, const float* ap, const float* b, int64_t ldb, float* c,
+    int64_t ldc) {
+  for (int64_t j = 0; j < n; j += kNr) {
+    const int64_t nb = std::min(kNr, n - j);
+    const __mmask16 m0 = nb >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
+    const __mmask16 m1 = nb >= 32 ? 0xFFFF : nb <= 16 ? 0 : static_cast<__mmask16>((1u << (nb - 16)) - 1);
+    for (int64_t i = 0; i < m; i += kMr) {
+      const float* a = ap + i * k;  // strip i / kMr
+      const float* bp = b + j;
+      __m512 acc[kMr][2];
+#pragma GCC unroll 12
+      for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      for (int64_t kk = 0; kk < k; ++kk, a += kMr, bp += ldb) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, bp), b1 = _mm512_maskz_loadu_ps(m1, bp + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < kMr; ++r) {
+          const __m512 av = _mm512_set1_ps(a[r]);
+          acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+      }
+#pragma GCC unroll 12
+      for (int r = 0; r < kMr; ++r) {  // constant indices: acc stays in registers
+        if (i + r >= m) break;
+        float* cp = c + (i + r) * ldc + j;
+        _mm512_mask_storeu_ps(cp, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(cp + 16, m1, acc[r][1]);
+      }
+    }
+  }
+}
+
+// The sum of the 16 lanes, a fixed tree. (Masked forms: GCC 12's unmasked ones warn.)
+__attribute__((target("avx512f,avx512vl,fma"))) inline float hsum(__m512 v) {
+  constexpr __mmask16 all = 0xFFFF;
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, all, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, all, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, all, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, all, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+
+// C (m x n, ldc) += A (m x k, lda) x B^T (B: n x k, ldb), rows contiguous along k: the
+// weight gradient's sum over blocks. Register tile of 6 x 4 dot products, each a fixed
+// sequence of 16-lane FMAs then a fixed reduction tree.
+__attribute__((target("avx512f,avx512vl,fma"))) void sgemm_nt_avx512(
+    int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+    float* c, int64_t ldc) {
+  constexpr int kTi = 6, kTj = 4;
+  const int64_t kv = k / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (k - kv)) - 1);
+  for (int64_t i = 0; i < m; i += kTi) {
+    const float* ar[kTi];
+#pragma GCC unroll 6
+    for (int r = 0; r < kTi; ++r) ar[r] = a + std::min(i + r, m - 1) * lda;  // edge: repeat, not stored
+    for (int64_t j = 0; j < n; j += kTj) {
+      const float* br[kTj];
+#pragma GCC unroll 4
+      for (int q = 0; q < kTj; ++q) br[q] = b + std::min(j + q, n - 1) * ldb;
+      __m512 acc[kTi][kTj];
+#pragma GCC unroll 6
+      for (int r = 0; r < kTi; ++r) {
+#pragma GCC unroll 4
+        for (int q = 0; q < kTj; ++q) acc[r][q] = _mm512_setzero_ps();
+      }
+      for (int64_t kk = 0; kk <= kv; kk += 16) {
+        const __mmask16 mk = kk < kv ? static_cast<__mmask16>(0xFFFF) : tail;
+        if (mk == 0) break;
+        __m512 bv[kTj];
+#pragma GCC unroll 4
+        for (int q = 0; q < kTj; ++q) bv[q] = _mm512_maskz_loadu_ps(mk, br[q] + kk);
+#pragma GCC unroll 6
+        for (int r = 0; r < kTi; ++r) {
+          const __m512 av = _mm512_maskz_loadu_ps(mk, ar[r] + kk);
+#pragma GCC unroll 4
+          for (int q = 0; q < kTj; ++q) acc[r][q] = _mm512_fmadd_ps(av, bv[q], acc[r][q]);
+        }
+      }
+#pragma GCC unroll 6
+      for (int r = 0; r < kTi; ++r) {
+#pragma GCC unroll 4
+        for (int q = 0; q < kTj; ++q) {
+          if (i + r < m && j + q < n) c[(i + r) * ldc + j + q] += hsum(acc[r][q]);
+        }
+      }
+    }
+  }
+}
+#endif
+
+// Whether sgemm_avx512 runs (float, an AVX-512 CPU as ATen sees it).
+template <typename T>
+bool fast_gemm() {
+#ifdef FK_AVX512_GEMM
+  return std::is_same_v<T, float> && cpu_isa() == Isa::kAvx512;
+#else
+  return false;
+#endif
+}
+
 inline int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // buffer offsets: 64 elements
 
 // Forward: y (N, G * cout, OH, OW), any strides, from x through B^T.
@@ -491,6 +623,10 @@ void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, con
   const at::Tensor xp = phase_pad<T>(x, g);
   const int64_t K1 = bt.size(2), ld = g.rc * g.Wp, Cin = x.size(1);
   T* yp = y.mutable_data_ptr<T>();
+  std::vector<at::Tensor> packed;  // B per group, for sgemm_avx512
+  for (int64_t gi = 0; fast_gemm<T>() && gi < g.G; ++gi) {
+    packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * K1, g.M, K1, K1, 1));
+  }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor buf = at::empty({aligned(K1 * ld) + g.M * ld}, x.options());
     at::Tensor col = buf.narrow(0, 0, K1 * ld).view({K1, ld});
@@ -501,8 +637,17 @@ void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, con
       const MoveArgs ya = move_args(g, r0, r1, g.cout, y.size(2), y.size(3), y.strides());
       for (int64_t gi = 0; gi < g.G; ++gi) {
         phase_im2col<T>(col.mutable_data_ptr<T>(), ld, xp.const_data_ptr<T>(), g, Cin, gi, r0, r1, false);
-        at::Tensor dv = d.narrow(1, 0, nq);
-        at::mm_out(dv, bt[gi], col.narrow(1, 0, nq));
+#ifdef FK_AVX512_GEMM
+        if (!packed.empty()) {
+          sgemm_avx512(g.M, nq, K1, packed[gi].const_data_ptr<float>(),
+                       reinterpret_cast<const float*>(col.const_data_ptr<T>()), ld,
+                       reinterpret_cast<float*>(d.mutable_data_ptr<T>()), ld);
+        } else
+#endif
+        {
+          at::Tensor dv = d.narrow(1, 0, nq);
+          at::mm_out(dv, bt[gi], col.narrow(1, 0, nq));
+        }
         blocks_to_image_isa<Bits<T>>(bits(yp + gi * g.cout * y.stride(1)), bits(d.mutable_data_ptr<T>()), ld, ya);
       }
     }
@@ -551,15 +696,28 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tens
   const int64_t ld = g.rc * g.Wp, nblk = g.rows * g.Wp;
   at::Tensor e = at::empty({g.G, g.K, nblk}, grad.options());
   T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
+  std::vector<at::Tensor> packed;  // B^T per group, for sgemm_avx512
+  for (int64_t gi = 0; fast_gemm<T>() && gi < g.G; ++gi) {
+    packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * g.K, g.K, g.M, 1, g.K));
+  }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
-    at::Tensor gt = at::zeros({g.M, ld}, grad.options());
+    at::Tensor gt = at::zeros({g.M, ld}, grad.options());  // see move_leaf
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
       const MoveArgs ga = move_args(g, r0, r1, g.cout, grad.size(2), grad.size(3), grad.strides());
       for (int64_t gi = 0; gi < g.G; ++gi) {
         image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
-        at::Tensor ev = e[gi].narrow(1, r0 * g.Wp, nq);
-        at::mm_out(ev, bt[gi].t(), gt.narrow(1, 0, nq));
+#ifdef FK_AVX512_GEMM
+        if (!packed.empty()) {
+          sgemm_avx512(g.K, nq, g.M, packed[gi].const_data_ptr<float>(),
+                       reinterpret_cast<const float*>(gt.const_data_ptr<T>()), ld,
+                       reinterpret_cast<float*>(e.mutable_data_ptr<T>()) + gi * g.K * nblk + r0 * g.Wp, nblk);
+        } else
+#endif
+        {
+          at::Tensor ev = e[gi].narrow(1, r0 * g.Wp, nq);
+          at::mm_out(ev, bt[gi].t(), gt.narrow(1, 0, nq));
+        }
       }
     }
   });
@@ -603,9 +761,9 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
   at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
     const int64_t tmp_n = kReduced ? g.K * g.M : 0;
-    at::Tensor buf = at::zeros({aligned(g.K * ld) + aligned(g.M * ld) + tmp_n}, x.options());
+    at::Tensor buf = at::empty({aligned(g.K * ld) + aligned(g.M * ld) + tmp_n}, x.options());
     at::Tensor col = buf.narrow(0, 0, g.K * ld).view({g.K, ld});
-    at::Tensor gt = buf.narrow(0, aligned(g.K * ld), g.M * ld).view({g.M, ld});
+    at::Tensor gt = buf.narrow(0, aligned(g.K * ld), g.M * ld).view({g.M, ld}).zero_();  // see move_leaf
     at::Tensor tmp = kReduced ? buf.narrow(0, aligned(g.K * ld) + aligned(g.M * ld), tmp_n).view({g.M, g.K})
                               : at::Tensor();
     for (int64_t s = s0; s < s1; ++s) {
@@ -618,6 +776,15 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
           image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
           at::Tensor a = acc[s][gi];
           const at::Tensor cv = col.narrow(1, 0, nq).t(), gv = gt.narrow(1, 0, nq);
+#ifdef FK_AVX512_GEMM
+          if (fast_gemm<T>()) {
+            float* ap = reinterpret_cast<float*>(a.mutable_data_ptr<acc_t>());
+            if (c == cb) std::fill(ap, ap + g.M * g.K, 0.f);
+            sgemm_nt_avx512(g.M, g.K, nq, reinterpret_cast<const float*>(gt.const_data_ptr<T>()), ld,
+                            reinterpret_cast<const float*>(col.const_data_ptr<T>()), ld, ap, g.K);
+            continue;
+          }
+#endif
           if constexpr (kReduced) {
             at::mm_out(tmp, gv, cv);
             accumulate_leaf_isa<T>(a.mutable_data_ptr<acc_t>(), tmp.const_data_ptr<T>(), per / g.G, c == cb);
