@@ -300,198 +300,14 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
   return bt;
 }
 
-// The data moves below are pure copies, done on the unsigned integer of the element's
-// size (which vectorises; bfloat16 / half as structs do not).
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
-template <typename T>
-Bits<T>* bits(T* p) {
-  return reinterpret_cast<Bits<T>*>(p);
-}
-template <typename T>
-const Bits<T>* bits(const T* p) {
-  return reinterpret_cast<const Bits<T>*>(p);
-}
-
-// Plain-data arguments of the FK_INLINE leaves below (FK_MULTI_ISA compiles them for
-// AVX-512 / AVX2 as well: the bfloat16 / half moves vectorise like ATen's).
-struct MoveArgs {
-  int64_t r0, r1;                // block rows [r0, r1): row = n * nqh + (q_h - q0h)
-  int64_t s_h, q0h, nqh, pre_h;  // PhaseAxis h
-  int64_t s_w, nqw, pre_w, Wp;   // PhaseAxis w, blocks per block row
-  int64_t M, C, H, W;            // D row length; the image's (group's) channels and size
-  int64_t st[4];                 // the image's strides
-};
-
-MoveArgs move_args(const PhaseGeom& g, int64_t r0, int64_t r1, int64_t C, int64_t H, int64_t W,
-                   at::IntArrayRef st) {
-  return {r0, r1, g.h.s, g.h.q0, g.h.nq, g.h.pre, g.w.s, g.w.nq, g.w.pre, g.Wp, g.M, C, H, W,
-          {st[0], st[1], st[2], st[3]}};
-}
-
-// Zero-padded input planes: dst[(p * Hp + u) * Wp + v] = x[n, c, u0 + u, v0 + v] for the
-// planes p = n * C + c in [p0, p1) (0 outside the image). U: see blocks_to_image.
-template <typename U>
-FK_INLINE void pad_leaf(U* __restrict__ dst, const U* __restrict__ x, const MoveArgs& a, int64_t Hp,
-                        int64_t u0, int64_t v0, int64_t p0, int64_t p1) {
-  const int64_t Wp = a.Wp, sw = a.st[3];
-  const int64_t lo = std::clamp<int64_t>(-v0, 0, Wp), hi = std::clamp<int64_t>(a.W - v0, lo, Wp);
-  for (int64_t p = p0; p < p1; ++p) {
-    for (int64_t u = 0; u < Hp; ++u) {
-      U* d = dst + (p * Hp + u) * Wp;
-      const int64_t ih = u0 + u;
-      if (ih < 0 || ih >= a.H) {
-        for (int64_t v = 0; v < Wp; ++v) d[v] = 0;
-        continue;
-      }
-      const U* s = x + (p / a.C) * a.st[0] + (p % a.C) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
-      for (int64_t v = 0; v < lo; ++v) d[v] = 0;
-      if (sw == 1) {
-        for (int64_t v = lo; v < hi; ++v) d[v] = s[v - lo];
-      } else {
-        for (int64_t v = lo; v < hi; ++v) d[v] = s[(v - lo) * sw];
-      }
-      for (int64_t v = hi; v < Wp; ++v) d[v] = 0;
-    }
-  }
-}
-FK_MULTI_ISA(pad_leaf)
-
-// x (any strides) as padded planes, plus a zero tail for the copies of the last plane
-// that run dm_w past its end (into unused blocks).
-template <typename T>
-at::Tensor phase_pad(const at::Tensor& x, const PhaseGeom& g) {
-  const int64_t P = x.size(0) * x.size(1), plane = g.Hp * g.Wp;
-  at::Tensor xp = at::empty({P * plane + g.w.dm}, x.options());
-  T* dst = xp.mutable_data_ptr<T>();
-  std::fill(dst + P * plane, dst + P * plane + g.w.dm, T(0));
-  const MoveArgs a = move_args(g, 0, 0, x.size(1), x.size(2), x.size(3), x.strides());
-  const T* src = x.const_data_ptr<T>();
-  at::parallel_for(0, P, std::max<int64_t>(1, 32768 / plane), [&](int64_t p0, int64_t p1) {
-    pad_leaf_isa<Bits<T>>(bits(dst), bits(src), a, g.Hp, g.h.q0 - g.h.m.back(), g.w.q0 - g.w.m.back(), p0, p1);
-  });
-  return xp;
-}
-
-// col[(ci, i_h, i_w)][(row - r0) * Wp + j] for block rows [r0, r1) of group gi: each
-// row of col is a copy of a padded plane from (u, v) = (m_h.back() - m_h, m_w.back() - m_w)
-// on. zero_unused clears the unused blocks (the weight gradient sums over all blocks).
-template <typename T>
-void phase_im2col(T* col, int64_t ld, const T* xp, const PhaseGeom& g, int64_t Cin,
-                  int64_t gi, int64_t r0, int64_t r1, bool zero_unused) {
-  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size(), Wp = g.Wp, plane = g.Hp * Wp;
-  for (int64_t ci = 0; ci < g.cin; ++ci) {
-    for (int64_t iy = 0; iy < nmh; ++iy) {
-      for (int64_t ix = 0; ix < nmw; ++ix) {
-        T* dst = col + ((ci * nmh + iy) * nmw + ix) * ld;
-        const int64_t shift = (g.h.m.back() - g.h.m[iy]) * Wp + g.w.m.back() - g.w.m[ix];
-        for (int64_t row = r0; row < r1;) {  // one copy per image
-          const int64_t n = row / g.h.nq, t = row % g.h.nq, cnt = std::min(r1 - row, g.h.nq - t);
-          const T* src = xp + (n * Cin + gi * g.cin + ci) * plane + t * Wp + shift;
-          std::copy(src, src + cnt * Wp, dst + (row - r0) * Wp);
-          row += cnt;
-        }
-        if (zero_unused && Wp > g.w.nq) {
-          for (int64_t row = r0; row < r1; ++row) {
-            std::fill(dst + (row - r0) * Wp + g.w.nq, dst + (row - r0 + 1) * Wp, T(0));
-          }
-        }
-      }
-    }
-  }
-}
-
-// Along a crop row, b in [0, W) is in block j = (b + pre_w) / s_w - q0w at phase
-// r = (b + pre_w) % s_w: d[r * ld + j] <-> img[b * is], an interleave of s_w rows of D.
-template <bool kToImage, typename U>
-FK_INLINE void mv(U& i, U& b) {
-  if constexpr (kToImage) {
-    i = b;
-  } else {
-    b = i;
-  }
-}
-template <bool kToImage, int S, typename U>
-FK_INLINE void interleave(U* __restrict__ img, int64_t is, U* __restrict__ d, int64_t ld, int64_t s,
-                          int64_t r, int64_t W) {
-  if (S > 0) s = S;  // a constant for the common strides, so that the loop vectorises
-  int64_t b = 0;
-  if (r != 0) {  // the first block, entered mid-way
-    for (; r < s && b < W; ++r, ++b) mv<kToImage>(img[b * is], d[r * ld]);
-    ++d;
-  }
-  const int64_t nj = (W - b) / s;
-  U* __restrict__ o = img + b * is;
-  if (is == 1) {
-    for (int64_t j = 0; j < nj; ++j) {
-      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[j * s + k], d[k * ld + j]);
-    }
-  } else {
-    for (int64_t j = 0; j < nj; ++j) {
-      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[(j * s + k) * is], d[k * ld + j]);
-    }
-  }
-  b += nj * s;
-  d += nj;
-  for (int64_t k = 0; b < W; ++b, ++k) mv<kToImage>(img[b * is], d[k * ld]);
-}
-
-// D (rows (co, r_h, r_w); columns: the blocks of rows [r0, r1), Wp per row) <-> the
-// image (y or grad_output, from the group's first channel): img[n, co, a, b] =
-// d[(co * s_h + r_h) * s_w + r_w][block]. Into D, the caller zeroes D once: positions
-// outside the crop window are then never written, except in block rows that reach past
-// the crop's top or bottom (the others are the same columns in every block row).
-template <bool kToImage, typename U>
-FK_INLINE void move_leaf(U* img, U* d, int64_t ld, const MoveArgs& a) {
-  const int64_t sw = a.s_w, r = a.pre_w % sw;
-  if (!kToImage) {  // block rows reaching past the crop's top or bottom: zero them first
-    for (int64_t row = a.r0; row < a.r1; ++row) {
-      const int64_t t = row % a.nqh;
-      if ((t == 0 && a.pre_h % a.s_h != 0) || (t == a.nqh - 1 && (a.pre_h + a.H) % a.s_h != 0)) {
-        for (int64_t m = 0; m < a.M; ++m) {
-          U* blk = d + m * ld + (row - a.r0) * a.Wp;
-          for (int64_t j = 0; j < a.Wp; ++j) blk[j] = 0;
-        }
-      }
-    }
-  }
-  for (int64_t row = a.r0; row < a.r1; ++row) {
-    const int64_t n = row / a.nqh, Zq = (a.q0h + row % a.nqh) * a.s_h;
-    U* dcol = d + (row - a.r0) * a.Wp;
-    for (int64_t rh = 0; rh < a.s_h; ++rh) {
-      const int64_t y = Zq + rh - a.pre_h;
-      if (y < 0 || y >= a.H) continue;
-      U* irow = img + n * a.st[0] + y * a.st[2];
-      for (int64_t co = 0; co < a.C; ++co) {
-        U* i = irow + co * a.st[1];
-        U* dd = dcol + (co * a.s_h + rh) * sw * ld;
-        switch (sw) {
-          case 2: interleave<kToImage, 2>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          case 4: interleave<kToImage, 4>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          case 8: interleave<kToImage, 8>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          default: interleave<kToImage, 0>(i, a.st[3], dd, ld, sw, r, a.W);
-        }
-      }
-    }
-  }
-}
-template <typename U>
-FK_INLINE void blocks_to_image(U* img, U* d, int64_t ld, const MoveArgs& a) {
-  move_leaf<true>(img, d, ld, a);
-}
-template <typename U>
-FK_INLINE void image_to_blocks(U* img, U* d, int64_t ld, const MoveArgs& a) {
-  move_leaf<false>(img, d, ld, a);
-}
-FK_MULTI_ISA(blocks_to_image)
-FK_MULTI_ISA(image_to_blocks)
-
 // ---- float GEMM on AVX-512 ------------------------------------------------------
-// MKL runs its AVX2 kernels on AMD CPUs (measured ~50 GMAC/s per core here), half of
-// what AVX-512 FMAs give; these GEMMs are the bulk of the float work. A plain register
-// tile kernel: C[i][j] = sum over k, in k order, of A[i][k] * B[k][j] (one FMA chain
-// per element, so the bits do not depend on how rows or columns are split).
-constexpr int64_t kMr = 12, kNr = 32;  // register tile: 12 x 2 zmm accumulators
+// MKL runs its AVX2 kernels on AMD CPUs (~50 GMAC/s per core measured here), half of
+// what AVX-512 FMAs give, and oneDNN's bfloat16 GEMM costs ~10 us per call, more than
+// the whole GEMM of FCN's small layers. So where ATen's CPU capability is AVX-512 the
+// phase GEMMs run these register-tile kernels in float (bfloat16 / half data converted
+// on the way in and rounded once on the way out). Every element is one fixed sequence
+// of FMAs: the bits do not depend on how rows or columns are split.
+constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 zmm
 
 // A (m x k, element (i, kk) at a[i * sm + kk * sk]) as strips of kMr rows, k-major:
 // ap[((i / kMr) * k + kk) * kMr + i % kMr], rows past m zero.
@@ -513,16 +329,16 @@ at::Tensor pack_a(const T* a, int64_t m, int64_t k, int64_t sm, int64_t sk) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FK_AVX512_GEMM 1
-// C (m x n, ldc) = Ap (packed, m x k) x B (k x n, row-major, ldb).
+// C (m x n, ldc) = Ap (packed by pack_a, m x k) x B (k x n, row-major, ldb).
 __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_avx512(
     int64_t m, int64_t n, int64_t k, const float* ap, const float* b, int64_t ldb, float* c,
     int64_t ldc) {
-  for (int64_t j = 0; j < n; j += kNr) {
+  for (int64_t j = 0; j < n; j += kNr) {  // a 32-column slice of B stays in L1
     const int64_t nb = std::min(kNr, n - j);
     const __mmask16 m0 = nb >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
     const __mmask16 m1 = nb >= 32 ? 0xFFFF : nb <= 16 ? 0 : static_cast<__mmask16>((1u << (nb - 16)) - 1);
     for (int64_t i = 0; i < m; i += kMr) {
-      const float* a = ap + i * k;  // strip i / kMr
+      const float* a = ap + i * k;
       const float* bp = b + j;
       __m512 acc[kMr][2];
 #pragma GCC unroll 12
@@ -559,7 +375,7 @@ __attribute__((target("avx512f,avx512vl,fma"))) inline float hsum(__m512 v) {
 
 // C (m x n, ldc) += A (m x k, lda) x B^T (B: n x k, ldb), rows contiguous along k: the
 // weight gradient's sum over blocks. Register tile of 6 x 4 dot products, each a fixed
-// sequence of 16-lane FMAs then a fixed reduction tree.
+// sequence of 16-lane FMAs, then hsum.
 __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_nt_avx512(
     int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
     float* c, int64_t ldc) {
@@ -569,7 +385,7 @@ __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_nt_avx512(
   for (int64_t i = 0; i < m; i += kTi) {
     const float* ar[kTi];
 #pragma GCC unroll 6
-    for (int r = 0; r < kTi; ++r) ar[r] = a + std::min(i + r, m - 1) * lda;  // edge: repeat, not stored
+    for (int r = 0; r < kTi; ++r) ar[r] = a + std::min(i + r, m - 1) * lda;  // edge: repeated, not stored
     for (int64_t j = 0; j < n; j += kTj) {
       const float* br[kTj];
 #pragma GCC unroll 4
@@ -580,9 +396,8 @@ __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_nt_avx512(
 #pragma GCC unroll 4
         for (int q = 0; q < kTj; ++q) acc[r][q] = _mm512_setzero_ps();
       }
-      for (int64_t kk = 0; kk <= kv; kk += 16) {
+      for (int64_t kk = 0; kk < k; kk += 16) {
         const __mmask16 mk = kk < kv ? static_cast<__mmask16>(0xFFFF) : tail;
-        if (mk == 0) break;
         __m512 bv[kTj];
 #pragma GCC unroll 4
         for (int q = 0; q < kTj; ++q) bv[q] = _mm512_maskz_loadu_ps(mk, br[q] + kk);
@@ -605,30 +420,252 @@ __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_nt_avx512(
 }
 #endif
 
-// Whether sgemm_avx512 runs (float, an AVX-512 CPU as ATen sees it).
-template <typename T>
-bool fast_gemm() {
+// Whether the float kernels above run: an AVX-512 CPU as ATen sees it.
+inline bool avx512_gemm() {
 #ifdef FK_AVX512_GEMM
-  return std::is_same_v<T, float> && cpu_isa() == Isa::kAvx512;
+  return cpu_isa() == Isa::kAvx512;
 #else
   return false;
 #endif
 }
 
+// ---- data movement -------------------------------------------------------------
+// Leaves for FK_MULTI_ISA (compiled for AVX-512 / AVX2 as well). TI is the image's
+// element type, TB the buffers' (the GEMMs'); plain copies run on the unsigned integer
+// of the element's size (Bits), which vectorises where bfloat16 / half structs do not.
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+
+template <typename TO, typename TI>
+FK_INLINE TO cvt(TI v) {
+  if constexpr (std::is_same_v<TO, TI>) {
+    return v;
+  } else {
+    return static_cast<TO>(v);
+  }
+}
+
+// Plain-data arguments of the leaves.
+struct MoveArgs {
+  int64_t r0, r1;                // block rows [r0, r1): row = n * nqh + (q_h - q0h)
+  int64_t s_h, q0h, nqh, pre_h;  // PhaseAxis h
+  int64_t s_w, nqw, pre_w, Wp;   // PhaseAxis w, blocks per block row
+  int64_t M, C, H, W;            // D's rows; the image's (group's) channels and size
+  int64_t st[4];                 // the image's strides
+};
+
+MoveArgs move_args(const PhaseGeom& g, int64_t r0, int64_t r1, int64_t C, int64_t H, int64_t W,
+                   at::IntArrayRef st) {
+  return {r0, r1, g.h.s, g.h.q0, g.h.nq, g.h.pre, g.w.s, g.w.nq, g.w.pre, g.Wp, g.M, C, H, W,
+          {st[0], st[1], st[2], st[3]}};
+}
+
+// Zero-padded input planes: dst[(p * Hp + u) * Wp + v] = x[n, c, u0 + u, v0 + v] for the
+// planes p = n * C + c in [p0, p1) (0 outside the image).
+template <typename TI, typename TB>
+FK_INLINE void pad_leaf(TB* __restrict__ dst, const TI* __restrict__ x, const MoveArgs& a,
+                        int64_t Hp, int64_t u0, int64_t v0, int64_t p0, int64_t p1) {
+  const int64_t Wp = a.Wp, sw = a.st[3];
+  const int64_t lo = std::clamp<int64_t>(-v0, 0, Wp), hi = std::clamp<int64_t>(a.W - v0, lo, Wp);
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t u = 0; u < Hp; ++u) {
+      TB* d = dst + (p * Hp + u) * Wp;
+      const int64_t ih = u0 + u;
+      if (ih < 0 || ih >= a.H) {
+        for (int64_t v = 0; v < Wp; ++v) d[v] = TB(0);
+        continue;
+      }
+      const TI* s = x + (p / a.C) * a.st[0] + (p % a.C) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
+      for (int64_t v = 0; v < lo; ++v) d[v] = TB(0);
+      if (sw == 1) {
+        for (int64_t v = lo; v < hi; ++v) d[v] = cvt<TB>(s[v - lo]);
+      } else {
+        for (int64_t v = lo; v < hi; ++v) d[v] = cvt<TB>(s[(v - lo) * sw]);
+      }
+      for (int64_t v = hi; v < Wp; ++v) d[v] = TB(0);
+    }
+  }
+}
+FK_MULTI_ISA(pad_leaf)
+
+// Along a crop row, b in [0, W) is in block j = (b + pre_w) / s_w - q0w at phase
+// r = (b + pre_w) % s_w: d[r * ld + j] <-> img[b * is], an interleave of s_w rows of D.
+template <bool kToImage, typename TI, typename TB>
+FK_INLINE void mv(TI& i, TB& b) {
+  if constexpr (kToImage) {
+    i = cvt<TI>(b);
+  } else {
+    b = cvt<TB>(i);
+  }
+}
+template <bool kToImage, int S, typename TI, typename TB>
+FK_INLINE void interleave(TI* __restrict__ img, int64_t is, TB* __restrict__ d, int64_t ld,
+                          int64_t s, int64_t r, int64_t W) {
+  if (S > 0) s = S;  // a constant for the common strides, so that the loop vectorises
+  int64_t b = 0;
+  if (r != 0) {  // the first block, entered mid-way
+    for (; r < s && b < W; ++r, ++b) mv<kToImage>(img[b * is], d[r * ld]);
+    ++d;
+  }
+  const int64_t nj = (W - b) / s;
+  TI* __restrict__ o = img + b * is;
+  if (is == 1) {
+    for (int64_t j = 0; j < nj; ++j) {
+      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[j * s + k], d[k * ld + j]);
+    }
+  } else {
+    for (int64_t j = 0; j < nj; ++j) {
+      for (int64_t k = 0; k < s; ++k) mv<kToImage>(o[(j * s + k) * is], d[k * ld + j]);
+    }
+  }
+  b += nj * s;
+  d += nj;
+  for (int64_t k = 0; b < W; ++b, ++k) mv<kToImage>(img[b * is], d[k * ld]);
+}
+
+// D (rows (co, r_h, r_w); columns: the blocks of rows [r0, r1), Wp per row) <-> the
+// image (y or grad_output, from the group's first channel): img[n, co, a, b] =
+// d[(co * s_h + r_h) * s_w + r_w][block]. Into D, the caller zeroes D once: positions
+// outside the crop window are then never written, except in block rows that reach past
+// the crop's top or bottom (the others are the same columns in every block row).
+template <bool kToImage, typename TI, typename TB>
+FK_INLINE void move_leaf(TI* img, TB* d, int64_t ld, const MoveArgs& a) {
+  const int64_t sw = a.s_w, r = a.pre_w % sw;
+  if (!kToImage) {  // block rows reaching past the crop's top or bottom: zero them first
+    for (int64_t row = a.r0; row < a.r1; ++row) {
+      const int64_t t = row % a.nqh;
+      if ((t == 0 && a.pre_h % a.s_h != 0) || (t == a.nqh - 1 && (a.pre_h + a.H) % a.s_h != 0)) {
+        for (int64_t m = 0; m < a.M; ++m) {
+          TB* blk = d + m * ld + (row - a.r0) * a.Wp;
+          for (int64_t j = 0; j < a.Wp; ++j) blk[j] = TB(0);
+        }
+      }
+    }
+  }
+  for (int64_t row = a.r0; row < a.r1; ++row) {
+    const int64_t n = row / a.nqh, Zq = (a.q0h + row % a.nqh) * a.s_h;
+    TB* dcol = d + (row - a.r0) * a.Wp;
+    for (int64_t rh = 0; rh < a.s_h; ++rh) {
+      const int64_t y = Zq + rh - a.pre_h;
+      if (y < 0 || y >= a.H) continue;
+      TI* irow = img + n * a.st[0] + y * a.st[2];
+      for (int64_t co = 0; co < a.C; ++co) {
+        TI* i = irow + co * a.st[1];
+        TB* dd = dcol + (co * a.s_h + rh) * sw * ld;
+        switch (sw) {
+          case 2: interleave<kToImage, 2>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          case 4: interleave<kToImage, 4>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          case 8: interleave<kToImage, 8>(i, a.st[3], dd, ld, sw, r, a.W); break;
+          default: interleave<kToImage, 0>(i, a.st[3], dd, ld, sw, r, a.W);
+        }
+      }
+    }
+  }
+}
+template <typename TI, typename TB>
+FK_INLINE void blocks_to_image(TI* img, TB* d, int64_t ld, const MoveArgs& a) {
+  move_leaf<true>(img, d, ld, a);
+}
+template <typename TI, typename TB>
+FK_INLINE void image_to_blocks(TI* img, TB* d, int64_t ld, const MoveArgs& a) {
+  move_leaf<false>(img, d, ld, a);
+}
+FK_MULTI_ISA(blocks_to_image)
+FK_MULTI_ISA(image_to_blocks)
+
+// Calls of the leaves above, on Bits when no conversion is needed.
+template <typename T, typename C>
+void to_image(T* img, C* d, int64_t ld, const MoveArgs& a) {
+  if constexpr (std::is_same_v<T, C>) {
+    blocks_to_image_isa<Bits<T>, Bits<T>>(reinterpret_cast<Bits<T>*>(img), reinterpret_cast<Bits<T>*>(d), ld, a);
+  } else {
+    blocks_to_image_isa<T, C>(img, d, ld, a);
+  }
+}
+template <typename T, typename C>
+void to_blocks(const T* img, C* d, int64_t ld, const MoveArgs& a) {  // img is only read
+  if constexpr (std::is_same_v<T, C>) {
+    image_to_blocks_isa<Bits<T>, Bits<T>>(reinterpret_cast<Bits<T>*>(const_cast<T*>(img)),
+                                          reinterpret_cast<Bits<T>*>(d), ld, a);
+  } else {
+    image_to_blocks_isa<T, C>(const_cast<T*>(img), d, ld, a);
+  }
+}
+
+// x (any strides) as padded planes of C, plus a zero tail for the copies of the last
+// plane that run dm_w past its end (into unused blocks).
+template <typename T, typename C>
+at::Tensor phase_pad(const at::Tensor& x, const PhaseGeom& g) {
+  const int64_t P = x.size(0) * x.size(1), plane = g.Hp * g.Wp;
+  at::Tensor xp = at::empty({P * plane + g.w.dm}, x.options().dtype(c10::CppTypeToScalarType<C>::value));
+  C* dst = xp.mutable_data_ptr<C>();
+  std::fill(dst + P * plane, dst + P * plane + g.w.dm, C(0));
+  const MoveArgs a = move_args(g, 0, 0, x.size(1), x.size(2), x.size(3), x.strides());
+  const T* src = x.const_data_ptr<T>();
+  const int64_t u0 = g.h.q0 - g.h.m.back(), v0 = g.w.q0 - g.w.m.back();
+  at::parallel_for(0, P, std::max<int64_t>(1, 32768 / plane), [&](int64_t p0, int64_t p1) {
+    if constexpr (std::is_same_v<T, C>) {
+      pad_leaf_isa<Bits<T>, Bits<T>>(reinterpret_cast<Bits<T>*>(dst), reinterpret_cast<const Bits<T>*>(src), a,
+                                     g.Hp, u0, v0, p0, p1);
+    } else {
+      pad_leaf_isa<T, C>(dst, src, a, g.Hp, u0, v0, p0, p1);
+    }
+  });
+  return xp;
+}
+
+// col[(ci, i_h, i_w)][(row - r0) * Wp + j] for block rows [r0, r1) of group gi: each
+// row of col is a copy of a padded plane from (u, v) = (m_h.back() - m_h, m_w.back() - m_w)
+// on. zero_unused clears the unused blocks (the weight gradient sums over all blocks).
+template <typename C>
+void phase_im2col(C* col, int64_t ld, const C* xp, const PhaseGeom& g, int64_t Cin,
+                  int64_t gi, int64_t r0, int64_t r1, bool zero_unused) {
+  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size(), Wp = g.Wp, plane = g.Hp * Wp;
+  for (int64_t ci = 0; ci < g.cin; ++ci) {
+    for (int64_t iy = 0; iy < nmh; ++iy) {
+      for (int64_t ix = 0; ix < nmw; ++ix) {
+        C* dst = col + ((ci * nmh + iy) * nmw + ix) * ld;
+        const int64_t shift = (g.h.m.back() - g.h.m[iy]) * Wp + g.w.m.back() - g.w.m[ix];
+        for (int64_t row = r0; row < r1;) {  // one copy per image
+          const int64_t n = row / g.h.nq, t = row % g.h.nq, cnt = std::min(r1 - row, g.h.nq - t);
+          const C* src = xp + (n * Cin + gi * g.cin + ci) * plane + t * Wp + shift;
+          std::copy(src, src + cnt * Wp, dst + (row - r0) * Wp);
+          row += cnt;
+        }
+        if (zero_unused && Wp > g.w.nq) {
+          for (int64_t row = r0; row < r1; ++row) {
+            std::fill(dst + (row - r0) * Wp + g.w.nq, dst + (row - r0 + 1) * Wp, C(0));
+          }
+        }
+      }
+    }
+  }
+}
+
 inline int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // buffer offsets: 64 elements
 
-// Forward: y (N, G * cout, OH, OW), any strides, from x through B^T.
-template <typename T>
+template <typename C>
+at::Tensor buffer(int64_t n, const at::Tensor& like) {
+  return at::empty({n}, like.options().dtype(c10::CppTypeToScalarType<C>::value));
+}
+
+// ---- the three products -----------------------------------------------------------
+// T: the tensors' type; C: the buffers' and GEMMs' (float for the AVX-512 kernels,
+// else T with ATen's mm).
+
+// Forward: y (N, G * cout, OH, OW), any strides, from x through B.
+template <typename T, typename C>
 void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, const PhaseGeom& g) {
-  const at::Tensor xp = phase_pad<T>(x, g);
+  const bool fast = std::is_same_v<C, float> && avx512_gemm();
+  const at::Tensor xp = phase_pad<T, C>(x, g);
   const int64_t K1 = bt.size(2), ld = g.rc * g.Wp, Cin = x.size(1);
   T* yp = y.mutable_data_ptr<T>();
   std::vector<at::Tensor> packed;  // B per group, for sgemm_avx512
-  for (int64_t gi = 0; fast_gemm<T>() && gi < g.G; ++gi) {
+  for (int64_t gi = 0; fast && gi < g.G; ++gi) {
     packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * K1, g.M, K1, K1, 1));
   }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
-    at::Tensor buf = at::empty({aligned(K1 * ld) + g.M * ld}, x.options());
+    at::Tensor buf = buffer<C>(aligned(K1 * ld) + g.M * ld, x);
     at::Tensor col = buf.narrow(0, 0, K1 * ld).view({K1, ld});
     at::Tensor d = buf.narrow(0, aligned(K1 * ld), g.M * ld).view({g.M, ld});
     if (K1 > g.K) col[g.K].fill_(1);  // the bias row
@@ -636,19 +673,20 @@ void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, con
       const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
       const MoveArgs ya = move_args(g, r0, r1, g.cout, y.size(2), y.size(3), y.strides());
       for (int64_t gi = 0; gi < g.G; ++gi) {
-        phase_im2col<T>(col.mutable_data_ptr<T>(), ld, xp.const_data_ptr<T>(), g, Cin, gi, r0, r1, false);
+        phase_im2col<C>(col.mutable_data_ptr<C>(), ld, xp.const_data_ptr<C>(), g, Cin, gi, r0, r1, false);
 #ifdef FK_AVX512_GEMM
-        if (!packed.empty()) {
-          sgemm_avx512(g.M, nq, K1, packed[gi].const_data_ptr<float>(),
-                       reinterpret_cast<const float*>(col.const_data_ptr<T>()), ld,
-                       reinterpret_cast<float*>(d.mutable_data_ptr<T>()), ld);
-        } else
+        if constexpr (std::is_same_v<C, float>) {
+          if (fast) {
+            sgemm_avx512(g.M, nq, K1, packed[gi].const_data_ptr<float>(), col.const_data_ptr<float>(),
+                         ld, d.mutable_data_ptr<float>(), ld);
+          }
+        }
 #endif
-        {
+        if (!fast) {
           at::Tensor dv = d.narrow(1, 0, nq);
           at::mm_out(dv, bt[gi], col.narrow(1, 0, nq));
         }
-        blocks_to_image_isa<Bits<T>>(bits(yp + gi * g.cout * y.stride(1)), bits(d.mutable_data_ptr<T>()), ld, ya);
+        to_image<T, C>(yp + gi * g.cout * y.stride(1), d.mutable_data_ptr<C>(), ld, ya);
       }
     }
   });
@@ -661,8 +699,8 @@ struct Col2imArgs {
   const int64_t *mh, *mw;
   int64_t st[4];
 };
-template <typename T>
-FK_INLINE void col2im_leaf(T* gx, const T* e, at::opmath_type<T>* __restrict__ acc,
+template <typename T, typename C>
+FK_INLINE void col2im_leaf(T* gx, const C* e, at::opmath_type<T>* __restrict__ acc,
                            const Col2imArgs& a, int64_t b0, int64_t b1) {
   using acc_t = at::opmath_type<T>;
   for (int64_t row = b0; row < b1; ++row) {
@@ -675,7 +713,7 @@ FK_INLINE void col2im_leaf(T* gx, const T* e, at::opmath_type<T>* __restrict__ a
         const int64_t j0 = a.mw[ix] - a.q0w;  // input column iw is block iw + j0
         const int64_t lo = std::clamp<int64_t>(-j0, 0, a.IW), hi = std::clamp<int64_t>(a.nqw - j0, lo, a.IW);
         const int64_t k = ((c % a.cin) * a.nmh + iy) * a.nmw + ix;
-        const T* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + t) * a.Wp + j0;
+        const C* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + t) * a.Wp + j0;
         for (int64_t iw = lo; iw < hi; ++iw) acc[iw] += static_cast<acc_t>(src[iw]);
       }
     }
@@ -690,31 +728,33 @@ FK_INLINE void col2im_leaf(T* gx, const T* e, at::opmath_type<T>* __restrict__ a
 FK_MULTI_ISA(col2im_leaf)
 
 // Backward-input: E = B^T x D(grad) ((G, K, blocks)), then col2im_leaf.
-template <typename T>
+template <typename T, typename C>
 void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tensor& gx,
                           const PhaseGeom& g) {
+  const bool fast = std::is_same_v<C, float> && avx512_gemm();
   const int64_t ld = g.rc * g.Wp, nblk = g.rows * g.Wp;
-  at::Tensor e = at::empty({g.G, g.K, nblk}, grad.options());
-  T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
+  at::Tensor e = buffer<C>(g.G * g.K * nblk, grad).view({g.G, g.K, nblk});
+  const T* gp = grad.const_data_ptr<T>();
   std::vector<at::Tensor> packed;  // B^T per group, for sgemm_avx512
-  for (int64_t gi = 0; fast_gemm<T>() && gi < g.G; ++gi) {
+  for (int64_t gi = 0; fast && gi < g.G; ++gi) {
     packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * g.K, g.K, g.M, 1, g.K));
   }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
-    at::Tensor gt = at::zeros({g.M, ld}, grad.options());  // see move_leaf
+    at::Tensor gt = buffer<C>(g.M * ld, grad).zero_().view({g.M, ld});  // see move_leaf
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
       const MoveArgs ga = move_args(g, r0, r1, g.cout, grad.size(2), grad.size(3), grad.strides());
       for (int64_t gi = 0; gi < g.G; ++gi) {
-        image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
+        to_blocks<T, C>(gp + gi * g.cout * grad.stride(1), gt.mutable_data_ptr<C>(), ld, ga);
 #ifdef FK_AVX512_GEMM
-        if (!packed.empty()) {
-          sgemm_avx512(g.K, nq, g.M, packed[gi].const_data_ptr<float>(),
-                       reinterpret_cast<const float*>(gt.const_data_ptr<T>()), ld,
-                       reinterpret_cast<float*>(e.mutable_data_ptr<T>()) + gi * g.K * nblk + r0 * g.Wp, nblk);
-        } else
+        if constexpr (std::is_same_v<C, float>) {
+          if (fast) {
+            sgemm_avx512(g.K, nq, g.M, packed[gi].const_data_ptr<float>(), gt.const_data_ptr<float>(), ld,
+                         e.mutable_data_ptr<float>() + gi * g.K * nblk + r0 * g.Wp, nblk);
+          }
+        }
 #endif
-        {
+        if (!fast) {
           at::Tensor ev = e[gi].narrow(1, r0 * g.Wp, nq);
           at::mm_out(ev, bt[gi].t(), gt.narrow(1, 0, nq));
         }
@@ -726,10 +766,10 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tens
                      g.Wp, static_cast<int64_t>(g.h.m.size()), static_cast<int64_t>(g.w.m.size()),
                      g.h.m.data(), g.w.m.data(), {gx.stride(0), gx.stride(1), gx.stride(2), gx.stride(3)}};
   T* xp = gx.mutable_data_ptr<T>();
-  const T* ep = e.const_data_ptr<T>();
+  const C* ep = e.const_data_ptr<C>();
   at::parallel_for(0, gx.size(0) * a.C * a.IH, std::max<int64_t>(1, 16384 / IW), [&](int64_t b0, int64_t b1) {
     std::vector<at::opmath_type<T>> acc(IW);
-    col2im_leaf_isa<T>(xp, ep, acc.data(), a, b0, b1);
+    col2im_leaf_isa<T, C>(xp, ep, acc.data(), a, b0, b1);
   });
 }
 
@@ -746,48 +786,51 @@ FK_INLINE void accumulate_leaf(at::opmath_type<T>* __restrict__ acc, const T* __
 }
 FK_MULTI_ISA(accumulate_leaf)
 
-// Backward-weight: B^T's gradient col x D(grad) summed over all blocks, in S slices of
+// Backward-weight: B's gradient D(grad) x col^T summed over all blocks, in S slices of
 // consecutive chunks (each accumulated in order, then the slices in order), mapped back
 // to the (Cin, cout, KH, KW) weight layout.
-template <typename T>
+template <typename T, typename C>
 at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
                                  at::IntArrayRef weight_size, const PhaseGeom& g) {
   using acc_t = at::opmath_type<T>;
-  constexpr bool kReduced = !std::is_same_v<T, acc_t>;  // GEMM into T, sum in float
-  const int64_t ld = g.rc * g.Wp, per = g.G * g.K * g.M, Cin = x.size(1);
+  const bool fast = std::is_same_v<C, float> && avx512_gemm();
+  const bool reduced = !fast && !std::is_same_v<C, acc_t>;  // ATen's GEMM into C, sum in float
+  const int64_t ld = g.rc * g.Wp, per = g.G * g.M * g.K, Cin = x.size(1);
   const int64_t S = std::clamp<int64_t>((int64_t{1} << 24) / per, 1, std::min<int64_t>(g.chunks, 8));
-  const at::Tensor xp = phase_pad<T>(x, g);
-  at::Tensor acc = at::empty({S, g.G, g.M, g.K}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  T* gp = const_cast<T*>(grad.const_data_ptr<T>());  // only read (image_to_blocks)
+  const at::Tensor xp = phase_pad<T, C>(x, g);
+  at::Tensor acc = buffer<acc_t>(S * per, x).view({S, g.G, g.M, g.K});
+  const T* gp = grad.const_data_ptr<T>();
   at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
-    const int64_t tmp_n = kReduced ? g.K * g.M : 0;
-    at::Tensor buf = at::empty({aligned(g.K * ld) + aligned(g.M * ld) + tmp_n}, x.options());
+    const int64_t tmp_n = reduced ? g.M * g.K : 0;
+    at::Tensor buf = buffer<C>(aligned(g.K * ld) + aligned(g.M * ld) + tmp_n, x);
     at::Tensor col = buf.narrow(0, 0, g.K * ld).view({g.K, ld});
     at::Tensor gt = buf.narrow(0, aligned(g.K * ld), g.M * ld).view({g.M, ld}).zero_();  // see move_leaf
-    at::Tensor tmp = kReduced ? buf.narrow(0, aligned(g.K * ld) + aligned(g.M * ld), tmp_n).view({g.M, g.K})
-                              : at::Tensor();
+    at::Tensor tmp = reduced ? buf.narrow(0, aligned(g.K * ld) + aligned(g.M * ld), tmp_n).view({g.M, g.K})
+                             : at::Tensor();
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t cb = s * g.chunks / S, ce = (s + 1) * g.chunks / S;
       for (int64_t c = cb; c < ce; ++c) {
         const int64_t r0 = c * g.rc, r1 = std::min(g.rows, r0 + g.rc), nq = (r1 - r0) * g.Wp;
         const MoveArgs ga = move_args(g, r0, r1, g.cout, grad.size(2), grad.size(3), grad.strides());
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          phase_im2col<T>(col.mutable_data_ptr<T>(), ld, xp.const_data_ptr<T>(), g, Cin, gi, r0, r1, true);
-          image_to_blocks_isa<Bits<T>>(bits(gp + gi * g.cout * grad.stride(1)), bits(gt.mutable_data_ptr<T>()), ld, ga);
+          phase_im2col<C>(col.mutable_data_ptr<C>(), ld, xp.const_data_ptr<C>(), g, Cin, gi, r0, r1, true);
+          to_blocks<T, C>(gp + gi * g.cout * grad.stride(1), gt.mutable_data_ptr<C>(), ld, ga);
           at::Tensor a = acc[s][gi];
-          const at::Tensor cv = col.narrow(1, 0, nq).t(), gv = gt.narrow(1, 0, nq);
+          acc_t* ap = a.mutable_data_ptr<acc_t>();
 #ifdef FK_AVX512_GEMM
-          if (fast_gemm<T>()) {
-            float* ap = reinterpret_cast<float*>(a.mutable_data_ptr<acc_t>());
-            if (c == cb) std::fill(ap, ap + g.M * g.K, 0.f);
-            sgemm_nt_avx512(g.M, g.K, nq, reinterpret_cast<const float*>(gt.const_data_ptr<T>()), ld,
-                            reinterpret_cast<const float*>(col.const_data_ptr<T>()), ld, ap, g.K);
-            continue;
+          if constexpr (std::is_same_v<C, float> && std::is_same_v<acc_t, float>) {
+            if (fast) {
+              if (c == cb) std::fill(ap, ap + g.M * g.K, 0.f);
+              sgemm_nt_avx512(g.M, g.K, nq, gt.const_data_ptr<float>(), ld, col.const_data_ptr<float>(), ld,
+                              ap, g.K);
+              continue;
+            }
           }
 #endif
-          if constexpr (kReduced) {
+          const at::Tensor cv = col.narrow(1, 0, nq).t(), gv = gt.narrow(1, 0, nq);
+          if (reduced) {
             at::mm_out(tmp, gv, cv);
-            accumulate_leaf_isa<T>(a.mutable_data_ptr<acc_t>(), tmp.const_data_ptr<T>(), per / g.G, c == cb);
+            accumulate_leaf_isa<C>(ap, tmp.const_data_ptr<C>(), g.M * g.K, c == cb);
           } else if (c == cb) {
             at::mm_out(a, gv, cv);
           } else {
@@ -817,6 +860,25 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
     }
   }
   return gw;
+}
+
+// Runs f(T{}, C{}) with C = float where the AVX-512 kernels run (bfloat16 / half
+// converted), else C = T (ATen's mm). oneDNN's bfloat16 GEMM (AVX512-BF16 dot products)
+// does a multiply-add ~1.7x faster than our float kernels but costs ~10 us per call:
+// bfloat16 keeps it for chunk GEMMs above 2M multiply-adds (measured crossover: FCN's
+// upscore2 at batch 1, 1.1M, is faster here; upscore_pool4, 4.6M, with oneDNN).
+template <typename T, typename F>
+void with_compute_type(const PhaseGeom& g, const F& f) {
+  if constexpr (std::is_same_v<T, double>) {
+    f(T{}, T{});
+  } else {
+    const bool big = std::is_same_v<T, at::BFloat16> && g.M * g.K * g.rc * g.Wp > (int64_t{2} << 20);
+    if (avx512_gemm() && !big) {
+      f(T{}, float{});
+    } else {
+      f(T{}, T{});
+    }
+  }
 }
 
 at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& weight,
@@ -862,7 +924,9 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
       weight, bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor(), g);
   at::Tensor y = at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_phase_cpu", [&] {
-    phase_forward<scalar_t>(self, bt, y, g);
+    with_compute_type<scalar_t>(g, [&](auto t, auto c) {
+      phase_forward<decltype(t), decltype(c)>(self, bt, y, g);
+    });
   });
   return y;
 }
@@ -901,7 +965,9 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
                                  dilation, offset, OH, OW, grad_output.element_size());
   const at::Tensor bt = phase_weight(weight, at::Tensor(), g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_phase_bwd_cpu", [&] {
-    phase_backward_input<scalar_t>(grad_output, bt, gx, g);
+    with_compute_type<scalar_t>(g, [&](auto t, auto c) {
+      phase_backward_input<decltype(t), decltype(c)>(grad_output, bt, gx, g);
+    });
   });
   return gx;
 }
@@ -921,7 +987,9 @@ at::Tensor conv_transpose2d_crop_backward_weight_cpu(
                                  dilation, offset, OH, OW, self.element_size());
   at::Tensor gw;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_phase_wgrad_cpu", [&] {
-    gw = phase_backward_weight<scalar_t>(grad_output, self, weight_size, g);
+    with_compute_type<scalar_t>(g, [&](auto t, auto c) {
+      gw = phase_backward_weight<decltype(t), decltype(c)>(grad_output, self, weight_size, g);
+    });
   });
   return gw;
 }
