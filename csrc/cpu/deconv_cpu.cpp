@@ -194,11 +194,12 @@ at::Tensor diagonal_weight(const at::Tensor& w, int64_t G) {
 // offsets m (2 x 2 for FCN's k = 2s):
 //   D[(co, r_h, r_w)][block] = sum over (ci, m_h, m_w) of B[(co, r_h, r_w)][(ci, m_h, m_w)]
 //                                                      * col[(ci, m_h, m_w)][block],
-// one GEMM (ATen's: MKL / oneDNN) per chunk of block rows, then D is copied into the
-// crop. No multiplies by the zeros a strided transposed convolution inserts, no
-// scatter-add, only the blocks under the crop window. The two gradients are the other
-// two products of the same matrices. Chunks have sizes derived from the shapes alone
-// and every sum a fixed order: the same bits on every run and for any thread count.
+// one GEMM per chunk of block rows (AVX-512 kernels below, else ATen's mm), then D is
+// copied into the crop. No multiplies by the zeros a strided transposed convolution
+// inserts, no scatter-add, only the blocks under the crop window. The two gradients are
+// the other two products of the same matrices. Chunks have sizes derived from the
+// shapes alone and every sum a fixed order: the same bits on every run, for any thread
+// count. Every layout, dilation, group count and crop takes this path.
 
 // One axis. Crop index a sits at Z = a + pre (pre = offset + padding), in block Z / s
 // and phase Z % s; the crop spans blocks q0 .. q0 + nq - 1. Block j (counted from q0)
@@ -264,42 +265,6 @@ PhaseGeom phase_geom(int64_t N, int64_t Cin, at::IntArrayRef w, int64_t groups,
   return g;
 }
 
-// B per group, (G, M, K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero where a
-// phase has no tap at an offset. With a bias, an extra column holds it (col's matching
-// row is all ones), so the GEMM adds it before its single rounding.
-at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g) {
-  const int64_t K1 = g.K + (bias.defined() ? 1 : 0);
-  at::Tensor bt = at::zeros({g.G, g.M, K1}, weight.options());
-  const at::Tensor w = weight.contiguous();
-  const int64_t KH = w.size(2), KW = w.size(3), nmh = g.h.m.size(), nmw = g.w.m.size();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
-    const scalar_t* src = w.const_data_ptr<scalar_t>();
-    scalar_t* dst = bt.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < g.G * g.cin; ++c) {
-      scalar_t* bg = dst + (c / g.cin) * g.M * K1;
-      const int64_t ci = c % g.cin;
-      for (int64_t co = 0; co < g.cout; ++co) {
-        for (int64_t ky = 0; ky < KH; ++ky) {
-          for (int64_t kx = 0; kx < KW; ++kx) {
-            const int64_t row = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
-            const int64_t col = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
-            bg[col * K1 + row] = *src++;
-          }
-        }
-      }
-    }
-    if (bias.defined()) {
-      const scalar_t* b = bias.const_data_ptr<scalar_t>();
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        for (int64_t m = 0; m < g.M; ++m) {
-          dst[(gi * g.M + m) * K1 + g.K] = b[gi * g.cout + m / (g.h.s * g.w.s)];
-        }
-      }
-    }
-  });
-  return bt;
-}
-
 // ---- float GEMM on AVX-512 ------------------------------------------------------
 // MKL runs its AVX2 kernels on AMD CPUs (~50 GMAC/s per core measured here), half of
 // what AVX-512 FMAs give, and oneDNN's bfloat16 GEMM costs ~10 us per call, more than
@@ -309,27 +274,63 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
 // of FMAs: the bits do not depend on how rows or columns are split.
 constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 zmm
 
-// A (m x k, element (i, kk) at a[i * sm + kk * sk]) as strips of kMr rows, k-major:
-// ap[((i / kMr) * k + kk) * kMr + i % kMr], rows past m zero.
-template <typename T>
-at::Tensor pack_a(const T* a, int64_t m, int64_t k, int64_t sm, int64_t sk) {
-  const int64_t strips = (m + kMr - 1) / kMr;
-  at::Tensor ap = at::empty({strips * k * kMr}, at::kFloat);
-  float* p = ap.mutable_data_ptr<float>();
-  for (int64_t s = 0; s < strips; ++s) {
-    for (int64_t kk = 0; kk < k; ++kk) {
-      for (int64_t r = 0; r < kMr; ++r) {
-        const int64_t i = s * kMr + r;
-        *p++ = i < m ? static_cast<float>(a[i * sm + kk * sk]) : 0.f;
+// B (M x K1 per group, K1 = K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero
+// where a phase has no tap at an offset. With a bias, an extra column holds it (col's
+// matching row is all ones), so the GEMM adds it before its single rounding. Stored as
+// kRows: (G, M, K1) in the weight's type for ATen's mm; kPacked / kPackedT: B / B^T as
+// sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
+enum class BLayout { kRows, kPacked, kPackedT };
+
+at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g,
+                        BLayout layout) {
+  const int64_t K1 = g.K + (bias.defined() ? 1 : 0);
+  const bool tr = layout == BLayout::kPackedT, packed = layout != BLayout::kRows;
+  const int64_t rows = tr ? K1 : g.M, cols = tr ? g.M : K1;  // of the stored matrix
+  const int64_t per = (packed ? (rows + kMr - 1) / kMr * kMr : rows) * cols;
+  at::Tensor b = at::zeros({g.G, per}, weight.options().dtype(packed ? at::kFloat : weight.scalar_type()));
+  const auto pos = [&](int64_t gi, int64_t m, int64_t k) {  // of B[m][k] in group gi
+    const int64_t i = tr ? k : m, j = tr ? m : k;
+    return gi * per + (packed ? ((i / kMr) * cols + j) * kMr + i % kMr : i * cols + j);
+  };
+  const at::Tensor w = weight.contiguous();
+  const int64_t KH = w.size(2), KW = w.size(3), nmh = g.h.m.size(), nmw = g.w.m.size();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
+    const auto fill = [&](auto* dst) {
+      using out_t = std::remove_pointer_t<decltype(dst)>;
+      const scalar_t* src = w.const_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < g.G * g.cin; ++c) {
+        const int64_t gi = c / g.cin, ci = c % g.cin;
+        for (int64_t co = 0; co < g.cout; ++co) {
+          for (int64_t ky = 0; ky < KH; ++ky) {
+            for (int64_t kx = 0; kx < KW; ++kx) {
+              const int64_t k = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
+              const int64_t m = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
+              dst[pos(gi, m, k)] = static_cast<out_t>(*src++);
+            }
+          }
+        }
       }
+      if (bias.defined()) {
+        const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          for (int64_t m = 0; m < g.M; ++m) {
+            dst[pos(gi, m, g.K)] = static_cast<out_t>(bp[gi * g.cout + m / (g.h.s * g.w.s)]);
+          }
+        }
+      }
+    };
+    if (packed) {
+      fill(b.mutable_data_ptr<float>());
+    } else {
+      fill(b.mutable_data_ptr<scalar_t>());
     }
-  }
-  return ap;
+  });
+  return b;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FK_AVX512_GEMM 1
-// C (m x n, ldc) = Ap (packed by pack_a, m x k) x B (k x n, row-major, ldb).
+// C (m x n, ldc) = A (m x k, packed: see phase_weight) x B (k x n, row-major, ldb).
 __attribute__((target("avx512f,avx512vl,fma"))) void sgemm_avx512(
     int64_t m, int64_t n, int64_t k, const float* ap, const float* b, int64_t ldb, float* c,
     int64_t ldc) {
@@ -655,15 +656,13 @@ at::Tensor buffer(int64_t n, const at::Tensor& like) {
 
 // Forward: y (N, G * cout, OH, OW), any strides, from x through B.
 template <typename T, typename C>
-void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, const PhaseGeom& g) {
+void phase_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                   at::Tensor& y, const PhaseGeom& g) {
   const bool fast = std::is_same_v<C, float> && avx512_gemm();
+  const at::Tensor bt = phase_weight(weight, bias, g, fast ? BLayout::kPacked : BLayout::kRows);
   const at::Tensor xp = phase_pad<T, C>(x, g);
-  const int64_t K1 = bt.size(2), ld = g.rc * g.Wp, Cin = x.size(1);
+  const int64_t K1 = g.K + (bias.defined() ? 1 : 0), ld = g.rc * g.Wp, Cin = x.size(1);
   T* yp = y.mutable_data_ptr<T>();
-  std::vector<at::Tensor> packed;  // B per group, for sgemm_avx512
-  for (int64_t gi = 0; fast && gi < g.G; ++gi) {
-    packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * K1, g.M, K1, K1, 1));
-  }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor buf = buffer<C>(aligned(K1 * ld) + g.M * ld, x);
     at::Tensor col = buf.narrow(0, 0, K1 * ld).view({K1, ld});
@@ -677,14 +676,14 @@ void phase_forward(const at::Tensor& x, const at::Tensor& bt, at::Tensor& y, con
 #ifdef FK_AVX512_GEMM
         if constexpr (std::is_same_v<C, float>) {
           if (fast) {
-            sgemm_avx512(g.M, nq, K1, packed[gi].const_data_ptr<float>(), col.const_data_ptr<float>(),
+            sgemm_avx512(g.M, nq, K1, bt[gi].const_data_ptr<float>(), col.const_data_ptr<float>(),
                          ld, d.mutable_data_ptr<float>(), ld);
           }
         }
 #endif
         if (!fast) {
           at::Tensor dv = d.narrow(1, 0, nq);
-          at::mm_out(dv, bt[gi], col.narrow(1, 0, nq));
+          at::mm_out(dv, bt[gi].view({g.M, K1}), col.narrow(1, 0, nq));
         }
         to_image<T, C>(yp + gi * g.cout * y.stride(1), d.mutable_data_ptr<C>(), ld, ya);
       }
@@ -729,16 +728,13 @@ FK_MULTI_ISA(col2im_leaf)
 
 // Backward-input: E = B^T x D(grad) ((G, K, blocks)), then col2im_leaf.
 template <typename T, typename C>
-void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tensor& gx,
+void phase_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::Tensor& gx,
                           const PhaseGeom& g) {
   const bool fast = std::is_same_v<C, float> && avx512_gemm();
+  const at::Tensor bt = phase_weight(weight, at::Tensor(), g, fast ? BLayout::kPackedT : BLayout::kRows);
   const int64_t ld = g.rc * g.Wp, nblk = g.rows * g.Wp;
   at::Tensor e = buffer<C>(g.G * g.K * nblk, grad).view({g.G, g.K, nblk});
   const T* gp = grad.const_data_ptr<T>();
-  std::vector<at::Tensor> packed;  // B^T per group, for sgemm_avx512
-  for (int64_t gi = 0; fast && gi < g.G; ++gi) {
-    packed.push_back(pack_a(bt.const_data_ptr<T>() + gi * g.M * g.K, g.K, g.M, 1, g.K));
-  }
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor gt = buffer<C>(g.M * ld, grad).zero_().view({g.M, ld});  // see move_leaf
     for (int64_t c = c0; c < c1; ++c) {
@@ -749,14 +745,14 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& bt, at::Tens
 #ifdef FK_AVX512_GEMM
         if constexpr (std::is_same_v<C, float>) {
           if (fast) {
-            sgemm_avx512(g.K, nq, g.M, packed[gi].const_data_ptr<float>(), gt.const_data_ptr<float>(), ld,
+            sgemm_avx512(g.K, nq, g.M, bt[gi].const_data_ptr<float>(), gt.const_data_ptr<float>(), ld,
                          e.mutable_data_ptr<float>() + gi * g.K * nblk + r0 * g.Wp, nblk);
           }
         }
 #endif
         if (!fast) {
           at::Tensor ev = e[gi].narrow(1, r0 * g.Wp, nq);
-          at::mm_out(ev, bt[gi].t(), gt.narrow(1, 0, nq));
+          at::mm_out(ev, bt[gi].view({g.M, g.K}).t(), gt.narrow(1, 0, nq));
         }
       }
     }
@@ -920,12 +916,11 @@ at::Tensor conv_transpose2d_crop_cpu(const at::Tensor& self, const at::Tensor& w
   // Any other weight: the phase GEMMs (PhaseGeom above), reading x through its strides.
   const PhaseGeom g = phase_geom(N, self.size(1), weight.sizes(), groups, stride, padding,
                                  dilation, offset, OH, OW, self.element_size());
-  const at::Tensor bt = phase_weight(
-      weight, bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor(), g);
+  const at::Tensor b = bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor();
   at::Tensor y = at::empty({N, Cout, OH, OW}, self.options().memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_phase_cpu", [&] {
     with_compute_type<scalar_t>(g, [&](auto t, auto c) {
-      phase_forward<decltype(t), decltype(c)>(self, bt, y, g);
+      phase_forward<decltype(t), decltype(c)>(self, weight, b, y, g);
     });
   });
   return y;
@@ -963,10 +958,9 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
 
   const PhaseGeom g = phase_geom(input_size[0], Cin, weight.sizes(), groups, stride, padding,
                                  dilation, offset, OH, OW, grad_output.element_size());
-  const at::Tensor bt = phase_weight(weight, at::Tensor(), g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_phase_bwd_cpu", [&] {
     with_compute_type<scalar_t>(g, [&](auto t, auto c) {
-      phase_backward_input<decltype(t), decltype(c)>(grad_output, bt, gx, g);
+      phase_backward_input<decltype(t), decltype(c)>(grad_output, weight, gx, g);
     });
   });
   return gx;
