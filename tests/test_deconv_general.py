@@ -74,14 +74,15 @@ def test_large_reduced_precision(dtype):
         assert (a.double() - r).abs().max() <= 8 * eps * r.abs().max()
 
 
-def test_same_bits_for_any_thread_count():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_same_bits_for_any_thread_count(dtype):
     # chunks and weight-gradient slices are fixed by the shapes, not the thread count
     prev = torch.get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out, grads, _ = run(CASES["upscore8"], torch.float32, "nchw", seed=1)
+            out, grads, _ = run(CASES["upscore8"], dtype, "nchw", seed=1)
             results.append((out, *grads))
     finally:
         torch.set_num_threads(prev)

@@ -281,6 +281,22 @@ constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 z
 // sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
 enum class BLayout { kRows, kPacked, kPackedT };
 
+// f(c, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
+// order: its B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
+template <typename F>
+void for_each_tap(const PhaseGeom& g, int64_t KH, int64_t KW, const F& f) {
+  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size();
+  int64_t e = 0;
+  for (int64_t c = 0; c < g.G * g.cin; ++c) {
+    for (int64_t co = 0; co < g.cout; ++co) {
+      for (int64_t ky = 0; ky < KH; ++ky) {
+        const int64_t m0 = (co * g.h.s + g.h.r[ky]) * g.w.s, k0 = ((c % g.cin) * nmh + g.h.mi[ky]) * nmw;
+        for (int64_t kx = 0; kx < KW; ++kx) f(c, m0 + g.w.r[kx], k0 + g.w.mi[kx], e++);
+      }
+    }
+  }
+}
+
 at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g,
                         BLayout layout) {
   const int64_t K1 = g.K + (bias.defined() ? 1 : 0);
@@ -288,33 +304,25 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
   const int64_t rows = tr ? K1 : g.M, cols = tr ? g.M : K1;  // of the stored matrix
   const int64_t per = (packed ? (rows + kMr - 1) / kMr * kMr : rows) * cols;
   at::Tensor b = at::zeros({g.G, per}, weight.options().dtype(packed ? at::kFloat : weight.scalar_type()));
-  const auto pos = [&](int64_t gi, int64_t m, int64_t k) {  // of B[m][k] in group gi
-    const int64_t i = tr ? k : m, j = tr ? m : k;
-    return gi * per + (packed ? ((i / kMr) * cols + j) * kMr + i % kMr : i * cols + j);
-  };
+  // B[m][k] of group gi sits at gi * per + moff[m] + koff[k].
+  std::vector<int64_t> moff(g.M), koff(K1);
+  for (int64_t i = 0; i < rows; ++i) {
+    (tr ? koff : moff)[i] = packed ? (i / kMr) * cols * kMr + i % kMr : i * cols;
+  }
+  for (int64_t j = 0; j < cols; ++j) (tr ? moff : koff)[j] = packed ? j * kMr : j;
   const at::Tensor w = weight.contiguous();
-  const int64_t KH = w.size(2), KW = w.size(3), nmh = g.h.m.size(), nmw = g.w.m.size();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const auto fill = [&](auto* dst) {
       using out_t = std::remove_pointer_t<decltype(dst)>;
-      const scalar_t* src = w.const_data_ptr<scalar_t>();
-      for (int64_t c = 0; c < g.G * g.cin; ++c) {
-        const int64_t gi = c / g.cin, ci = c % g.cin;
-        for (int64_t co = 0; co < g.cout; ++co) {
-          for (int64_t ky = 0; ky < KH; ++ky) {
-            for (int64_t kx = 0; kx < KW; ++kx) {
-              const int64_t k = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
-              const int64_t m = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
-              dst[pos(gi, m, k)] = static_cast<out_t>(*src++);
-            }
-          }
-        }
-      }
+      for_each_tap(g, w.size(2), w.size(3), [&](int64_t c, int64_t m, int64_t k, int64_t e) {
+        dst[(c / g.cin) * per + moff[m] + koff[k]] = static_cast<out_t>(wp[e]);
+      });
       if (bias.defined()) {
         const scalar_t* bp = bias.const_data_ptr<scalar_t>();
         for (int64_t gi = 0; gi < g.G; ++gi) {
           for (int64_t m = 0; m < g.M; ++m) {
-            dst[pos(gi, m, g.K)] = static_cast<out_t>(bp[gi * g.cout + m / (g.h.s * g.w.s)]);
+            dst[gi * per + moff[m] + koff[g.K]] = static_cast<out_t>(bp[gi * g.cout + m / (g.h.s * g.w.s)]);
           }
         }
       }
@@ -840,22 +848,12 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   for (int64_t s = 1; s < S; ++s) {  // the slices, in order
     for (int64_t e = 0; e < per; ++e) ap[e] += ap[s * per + e];
   }
-  at::Tensor gw = at::empty(weight_size, x.options());
-  T* wp = gw.mutable_data_ptr<T>();
-  const int64_t KH = weight_size[2], KW = weight_size[3], nmh = g.h.m.size(), nmw = g.w.m.size();
-  for (int64_t c = 0; c < g.G * g.cin; ++c) {
-    const int64_t ci = c % g.cin;
-    for (int64_t co = 0; co < g.cout; ++co) {
-      for (int64_t ky = 0; ky < KH; ++ky) {
-        for (int64_t kx = 0; kx < KW; ++kx) {
-          const int64_t row = (ci * nmh + g.h.mi[ky]) * nmw + g.w.mi[kx];
-          const int64_t col = (co * g.h.s + g.h.r[ky]) * g.w.s + g.w.r[kx];
-          *wp++ = static_cast<T>(ap[((c / g.cin) * g.M + col) * g.K + row]);
-        }
-      }
-    }
-  }
-  return gw;
+  at::Tensor gw = buffer<acc_t>(c10::multiply_integers(weight_size), x);
+  acc_t* wp = gw.mutable_data_ptr<acc_t>();
+  for_each_tap(g, weight_size[2], weight_size[3], [&](int64_t c, int64_t m, int64_t k, int64_t e) {
+    wp[e] = ap[((c / g.cin) * g.M + m) * g.K + k];
+  });
+  return gw.view(weight_size).to(x.scalar_type());
 }
 
 // Runs f(T{}, C{}) with C = float where the AVX-512 kernels run (bfloat16 / half
