@@ -806,8 +806,11 @@ void phase_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   });
 }
 
-// gx rows [b0, b1) of its (n, c, i_h) rows: gx[n, c, i_h, i_w] = sum over (m_h, m_w) of
-// e[c / cin][(c % cin, m_h, m_w)][block (i_h + m_h, i_w + m_w)], in a fixed order.
+// gx planes [p0, p1) of its (n, c) planes: gx[n, c, i_h, i_w] = sum over (m_h, m_w) of
+// e[c / cin][(c % cin, m_h, m_w)][block (i_h + m_h, i_w + m_w)], in a fixed order,
+// accumulated in acc (IH x Wa, Wa = max(IW, Wp)). Where Wa = Wp (E's row length) and an
+// offset's blocks cover whole input rows, its terms are one contiguous loop over the
+// plane (the columns past IW pick up neighbouring blocks and are dropped).
 struct Col2imArgs {
   int64_t C, IH, IW, cin, K, nblk, q0h, nqh, q0w, nqw, Wp, nmh, nmw;
   const int64_t *mh, *mw;
@@ -815,27 +818,37 @@ struct Col2imArgs {
 };
 template <typename T, typename C>
 FK_INLINE void col2im_leaf(T* gx, const C* e, at::opmath_type<T>* __restrict__ acc,
-                           const Col2imArgs& a, int64_t b0, int64_t b1) {
+                           const Col2imArgs& a, int64_t p0, int64_t p1) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t row = b0; row < b1; ++row) {
-    const int64_t n = row / (a.C * a.IH), c = row / a.IH % a.C, ih = row % a.IH;
-    for (int64_t iw = 0; iw < a.IW; ++iw) acc[iw] = acc_t(0);
+  const int64_t Wp = a.Wp, Wa = std::max(a.IW, Wp);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / a.C, c = p % a.C;
+    for (int64_t i = 0; i < a.IH * Wa; ++i) acc[i] = acc_t(0);
     for (int64_t iy = 0; iy < a.nmh; ++iy) {
-      const int64_t t = ih + a.mh[iy] - a.q0h;  // block row
-      if (t < 0 || t >= a.nqh) continue;
+      const int64_t dy = a.mh[iy] - a.q0h;  // input row i_h is block row i_h + dy
+      const int64_t h0 = std::clamp<int64_t>(-dy, 0, a.IH), h1 = std::clamp<int64_t>(a.nqh - dy, h0, a.IH);
       for (int64_t ix = 0; ix < a.nmw; ++ix) {
-        const int64_t j0 = a.mw[ix] - a.q0w;  // input column iw is block iw + j0
-        const int64_t lo = std::clamp<int64_t>(-j0, 0, a.IW), hi = std::clamp<int64_t>(a.nqw - j0, lo, a.IW);
+        const int64_t dx = a.mw[ix] - a.q0w;  // input column i_w is block i_w + dx
+        const int64_t lo = std::clamp<int64_t>(-dx, 0, a.IW), hi = std::clamp<int64_t>(a.nqw - dx, lo, a.IW);
         const int64_t k = ((c % a.cin) * a.nmh + iy) * a.nmw + ix;
-        const C* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + t) * a.Wp + j0;
-        for (int64_t iw = lo; iw < hi; ++iw) acc[iw] += static_cast<acc_t>(src[iw]);
+        const C* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + dy) * Wp + dx;
+        if (lo == 0 && hi == a.IW && Wa == Wp) {
+          for (int64_t i = h0 * Wp; i < h1 * Wp; ++i) acc[i] += static_cast<acc_t>(src[i]);
+        } else {
+          for (int64_t ih = h0; ih < h1; ++ih) {
+            for (int64_t iw = lo; iw < hi; ++iw) acc[ih * Wa + iw] += static_cast<acc_t>(src[ih * Wp + iw]);
+          }
+        }
       }
     }
-    T* __restrict__ dst = gx + n * a.st[0] + c * a.st[1] + ih * a.st[2];
-    if (a.st[3] == 1) {
-      for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw] = static_cast<T>(acc[iw]);
-    } else {
-      for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw * a.st[3]] = static_cast<T>(acc[iw]);
+    for (int64_t ih = 0; ih < a.IH; ++ih) {
+      T* __restrict__ dst = gx + n * a.st[0] + c * a.st[1] + ih * a.st[2];
+      const acc_t* arow = acc + ih * Wa;
+      if (a.st[3] == 1) {
+        for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw] = static_cast<T>(arow[iw]);
+      } else {
+        for (int64_t iw = 0; iw < a.IW; ++iw) dst[iw * a.st[3]] = static_cast<T>(arow[iw]);
+      }
     }
   }
 }
@@ -848,7 +861,10 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::
   const bool fast = std::is_same_v<C, float> && avx512_gemm();
   const at::Tensor bt = phase_weight(weight, at::Tensor(), g, fast ? BLayout::kPackedT : BLayout::kRows);
   const int64_t ld = g.rc * g.Wp, nblk = g.rows * g.Wp;
-  at::Tensor e = buffer<C>(g.G * g.K * nblk, grad).view({g.G, g.K, nblk});
+  // (+ Wp: col2im_leaf's whole-row loops read up to Wp past the last block; zeroed)
+  at::Tensor e_buf = buffer<C>(g.G * g.K * nblk + g.Wp, grad);
+  e_buf.narrow(0, g.G * g.K * nblk, g.Wp).zero_();
+  at::Tensor e = e_buf.narrow(0, 0, g.G * g.K * nblk).view({g.G, g.K, nblk});
   const T* gp = grad.const_data_ptr<T>();
   at::parallel_for(0, g.chunks, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor gt = buffer<C>(g.M * ld, grad).zero_().view({g.M, ld});  // see move_leaf
@@ -878,9 +894,10 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::
                      g.h.m.data(), g.w.m.data(), {gx.stride(0), gx.stride(1), gx.stride(2), gx.stride(3)}};
   T* xp = gx.mutable_data_ptr<T>();
   const C* ep = e.const_data_ptr<C>();
-  at::parallel_for(0, gx.size(0) * a.C * a.IH, std::max<int64_t>(1, 16384 / IW), [&](int64_t b0, int64_t b1) {
-    std::vector<at::opmath_type<T>> acc(IW);
-    col2im_leaf_isa<T, C>(xp, ep, acc.data(), a, b0, b1);
+  const int64_t plane = a.IH * std::max(IW, g.Wp);
+  at::parallel_for(0, gx.size(0) * a.C, std::max<int64_t>(1, 16384 / plane), [&](int64_t p0, int64_t p1) {
+    std::vector<at::opmath_type<T>> acc(plane);
+    col2im_leaf_isa<T, C>(xp, ep, acc.data(), a, p0, p1);
   });
 }
 
