@@ -43,6 +43,18 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16
             g = torch.randn_like(r)
             check(torch.autograd.grad(y, xt, g.to(dtype))[0],
                   torch.autograd.grad(r, xr, g.to(dtype).double())[0], tol * 4)
+            # a dense (learned) weight: the phase-GEMM path (own AVX-512 GEMM, else ATen's mm)
+            wg = (torch.randn(5, 5, k, k, dtype=torch.float64) / (5 * k)).to(dtype)
+            wt, wr = wg.clone().requires_grad_(), wg.double().requires_grad_()
+            y = fk.conv_transpose2d_crop(xt, wt, stride=s, offset=(off, off), size=size)
+            r = F.conv_transpose2d(xr, wr, stride=s)[..., off:, off:]
+            if size:
+                r = r[..., :size[0], :size[1]]
+            check(y, r, tol)
+            g = torch.randn_like(r)
+            for a, b in zip(torch.autograd.grad(y, (xt, wt), g.to(dtype)),
+                            torch.autograd.grad(r, (xr, wr), g.to(dtype).double())):
+                check(a, b, tol * 8)
         v, idx = F.max_pool2d(x.to(dtype), 2, 2, return_indices=True)
         check(fk.max_unpool2d(v, idx, 2, 2, 0, x.shape[2:]),
               F.max_unpool2d(v.double(), idx, 2, 2, 0, x.shape[2:]), 0)
