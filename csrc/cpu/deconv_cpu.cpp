@@ -281,17 +281,19 @@ constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 z
 // sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
 enum class BLayout { kRows, kPacked, kPackedT };
 
-// f(c, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
-// order: its B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
+// f(gi, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
+// order: its group gi = c / cin, B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
 template <typename F>
 void for_each_tap(const PhaseGeom& g, int64_t KH, int64_t KW, const F& f) {
-  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size();
+  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size(), sh = g.h.s, sw = g.w.s;
+  const int64_t *rh = g.h.r.data(), *mih = g.h.mi.data(), *rw = g.w.r.data(), *miw = g.w.mi.data();
   int64_t e = 0;
   for (int64_t c = 0; c < g.G * g.cin; ++c) {
+    const int64_t gi = c / g.cin, ci = c % g.cin;
     for (int64_t co = 0; co < g.cout; ++co) {
       for (int64_t ky = 0; ky < KH; ++ky) {
-        const int64_t m0 = (co * g.h.s + g.h.r[ky]) * g.w.s, k0 = ((c % g.cin) * nmh + g.h.mi[ky]) * nmw;
-        for (int64_t kx = 0; kx < KW; ++kx) f(c, m0 + g.w.r[kx], k0 + g.w.mi[kx], e++);
+        const int64_t m0 = (co * sh + rh[ky]) * sw, k0 = (ci * nmh + mih[ky]) * nmw;
+        for (int64_t kx = 0; kx < KW; ++kx) f(gi, m0 + rw[kx], k0 + miw[kx], e++);
       }
     }
   }
@@ -313,10 +315,11 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const int64_t *mo = moff.data(), *ko = koff.data();
     const auto fill = [&](auto* dst) {
       using out_t = std::remove_pointer_t<decltype(dst)>;
-      for_each_tap(g, w.size(2), w.size(3), [&](int64_t c, int64_t m, int64_t k, int64_t e) {
-        dst[(c / g.cin) * per + moff[m] + koff[k]] = static_cast<out_t>(wp[e]);
+      for_each_tap(g, w.size(2), w.size(3), [=](int64_t gi, int64_t m, int64_t k, int64_t e) {
+        dst[gi * per + mo[m] + ko[k]] = static_cast<out_t>(wp[e]);
       });
       if (bias.defined()) {
         const scalar_t* bp = bias.const_data_ptr<scalar_t>();
@@ -867,8 +870,8 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   }
   at::Tensor gw = buffer<acc_t>(c10::multiply_integers(weight_size), x);
   acc_t* wp = gw.mutable_data_ptr<acc_t>();
-  for_each_tap(g, weight_size[2], weight_size[3], [&](int64_t c, int64_t m, int64_t k, int64_t e) {
-    wp[e] = ap[((c / g.cin) * g.M + m) * g.K + k];
+  for_each_tap(g, weight_size[2], weight_size[3], [&](int64_t gi, int64_t m, int64_t k, int64_t e) {
+    wp[e] = ap[(gi * g.M + m) * g.K + k];
   });
   return gw.view(weight_size).to(x.scalar_type());
 }
