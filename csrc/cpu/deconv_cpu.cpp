@@ -5,8 +5,9 @@
 //   gather, output (n, c, o) reads input channel c through its few kernel taps only,
 //   as strided row loops; every output element is written by one task in a fixed
 //   order (no atomics, same bits every run);
-// * any other weight: a sub-pixel (phase) decomposition into plain GEMMs (ATen's
-//   MKL / oneDNN) over the blocks under the crop window only (PhaseAxis below).
+// * any other weight: a sub-pixel (phase) decomposition into plain GEMMs (AVX-512
+//   kernels here, else ATen's mm) over the blocks under the crop window only
+//   (PhaseAxis below).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,12 +19,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <array>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "../common.h"
 #include "isa.h"
@@ -198,8 +199,8 @@ at::Tensor diagonal_weight(const at::Tensor& w, int64_t G) {
 // copied into the crop. No multiplies by the zeros a strided transposed convolution
 // inserts, no scatter-add, only the blocks under the crop window. The two gradients are
 // the other two products of the same matrices. Chunks have sizes derived from the
-// shapes alone and every sum a fixed order: the same bits on every run, for any thread
-// count. Every layout, dilation, group count and crop takes this path.
+// shapes alone and every sum a fixed order: the same bits on every run and for any
+// thread count. Every layout, dilation, group count and crop takes this path.
 
 // One axis. Crop index a sits at Z = a + pre (pre = offset + padding), in block Z / s
 // and phase Z % s; the crop spans blocks q0 .. q0 + nq - 1. Block j (counted from q0)
@@ -274,13 +275,6 @@ PhaseGeom phase_geom(int64_t N, int64_t Cin, at::IntArrayRef w, int64_t groups,
 // of FMAs: the bits do not depend on how rows or columns are split.
 constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 zmm
 
-// B (M x K1 per group, K1 = K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero
-// where a phase has no tap at an offset. With a bias, an extra column holds it (col's
-// matching row is all ones), so the GEMM adds it before its single rounding. Stored as
-// kRows: (G, M, K1) in the weight's type for ATen's mm; kPacked / kPackedT: B / B^T as
-// sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
-enum class BLayout { kRows, kPacked, kPackedT };
-
 // f(gi, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
 // order: its group gi = c / cin, B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
 template <typename F>
@@ -298,6 +292,13 @@ void for_each_tap(const PhaseGeom& g, int64_t KH, int64_t KW, const F& f) {
     }
   }
 }
+
+// B (M x K1 per group, K1 = K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero
+// where a phase has no tap at an offset. With a bias, an extra column holds it (col's
+// matching row is all ones), so the GEMM adds it before its single rounding. Stored as
+// kRows: (G, M, K1) in the weight's type for ATen's mm; kPacked / kPackedT: B / B^T as
+// sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
+enum class BLayout { kRows, kPacked, kPackedT };
 
 at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g,
                         BLayout layout) {
