@@ -6,8 +6,9 @@
 //   whole diagonal (FCN's) runs on separable.h's 1-D map loops (uniform_diagonal);
 //   per-channel filters on a direct gather (diagonal_gather). Every output element is
 //   written by one task in a fixed order (no atomics, same bits every run);
-// * any other weight: a sub-pixel (phase) decomposition into plain GEMMs (ATen's
-//   MKL / oneDNN) over the blocks under the crop window only (PhaseAxis below).
+// * any other weight: a sub-pixel (phase) decomposition into plain GEMMs (AVX-512
+//   kernels here, else ATen's mm) over the blocks under the crop window only
+//   (PhaseAxis below).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,14 +20,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <array>
 #include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "../common.h"
 #include "isa.h"
@@ -305,8 +306,8 @@ at::Tensor diagonal_weight(const at::Tensor& w, int64_t G) {
 // copied into the crop. No multiplies by the zeros a strided transposed convolution
 // inserts, no scatter-add, only the blocks under the crop window. The two gradients are
 // the other two products of the same matrices. Chunks have sizes derived from the
-// shapes alone and every sum a fixed order: the same bits on every run, for any thread
-// count. Every layout, dilation, group count and crop takes this path.
+// shapes alone and every sum a fixed order: the same bits on every run and for any
+// thread count. Every layout, dilation, group count and crop takes this path.
 
 // One axis. Crop index a sits at Z = a + pre (pre = offset + padding), in block Z / s
 // and phase Z % s; the crop spans blocks q0 .. q0 + nq - 1. Block j (counted from q0)
@@ -381,28 +382,30 @@ PhaseGeom phase_geom(int64_t N, int64_t Cin, at::IntArrayRef w, int64_t groups,
 // of FMAs: the bits do not depend on how rows or columns are split.
 constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 zmm
 
+// f(gi, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
+// order: its group gi = c / cin, B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
+template <typename F>
+void for_each_tap(const PhaseGeom& g, int64_t KH, int64_t KW, const F& f) {
+  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size(), sh = g.h.s, sw = g.w.s;
+  const int64_t *rh = g.h.r.data(), *mih = g.h.mi.data(), *rw = g.w.r.data(), *miw = g.w.mi.data();
+  int64_t e = 0;
+  for (int64_t c = 0; c < g.G * g.cin; ++c) {
+    const int64_t gi = c / g.cin, ci = c % g.cin;
+    for (int64_t co = 0; co < g.cout; ++co) {
+      for (int64_t ky = 0; ky < KH; ++ky) {
+        const int64_t m0 = (co * sh + rh[ky]) * sw, k0 = (ci * nmh + mih[ky]) * nmw;
+        for (int64_t kx = 0; kx < KW; ++kx) f(gi, m0 + rw[kx], k0 + miw[kx], e++);
+      }
+    }
+  }
+}
+
 // B (M x K1 per group, K1 = K [+ 1]): row (co, r_h, r_w), column (ci, i_h, i_w); zero
 // where a phase has no tap at an offset. With a bias, an extra column holds it (col's
 // matching row is all ones), so the GEMM adds it before its single rounding. Stored as
 // kRows: (G, M, K1) in the weight's type for ATen's mm; kPacked / kPackedT: B / B^T as
 // sgemm_avx512's A, in float: strips of kMr rows, k-major, rows past the end zero.
 enum class BLayout { kRows, kPacked, kPackedT };
-
-// f(c, m, k, e) for every weight element e = ((c * cout + co) * KH + ky) * KW + kx, in
-// order: its B row m = (co, r_h, r_w) and column k = (c % cin, i_h, i_w).
-template <typename F>
-void for_each_tap(const PhaseGeom& g, int64_t KH, int64_t KW, const F& f) {
-  const int64_t nmh = g.h.m.size(), nmw = g.w.m.size();
-  int64_t e = 0;
-  for (int64_t c = 0; c < g.G * g.cin; ++c) {
-    for (int64_t co = 0; co < g.cout; ++co) {
-      for (int64_t ky = 0; ky < KH; ++ky) {
-        const int64_t m0 = (co * g.h.s + g.h.r[ky]) * g.w.s, k0 = ((c % g.cin) * nmh + g.h.mi[ky]) * nmw;
-        for (int64_t kx = 0; kx < KW; ++kx) f(c, m0 + g.w.r[kx], k0 + g.w.mi[kx], e++);
-      }
-    }
-  }
-}
 
 at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const PhaseGeom& g,
                         BLayout layout) {
@@ -420,10 +423,11 @@ at::Tensor phase_weight(const at::Tensor& weight, const at::Tensor& bias, const 
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_phase_weight", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const int64_t *mo = moff.data(), *ko = koff.data();
     const auto fill = [&](auto* dst) {
       using out_t = std::remove_pointer_t<decltype(dst)>;
-      for_each_tap(g, w.size(2), w.size(3), [&](int64_t c, int64_t m, int64_t k, int64_t e) {
-        dst[(c / g.cin) * per + moff[m] + koff[k]] = static_cast<out_t>(wp[e]);
+      for_each_tap(g, w.size(2), w.size(3), [=](int64_t gi, int64_t m, int64_t k, int64_t e) {
+        dst[gi * per + mo[m] + ko[k]] = static_cast<out_t>(wp[e]);
       });
       if (bias.defined()) {
         const scalar_t* bp = bias.const_data_ptr<scalar_t>();
@@ -974,8 +978,8 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   }
   at::Tensor gw = buffer<acc_t>(c10::multiply_integers(weight_size), x);
   acc_t* wp = gw.mutable_data_ptr<acc_t>();
-  for_each_tap(g, weight_size[2], weight_size[3], [&](int64_t c, int64_t m, int64_t k, int64_t e) {
-    wp[e] = ap[((c / g.cin) * g.M + m) * g.K + k];
+  for_each_tap(g, weight_size[2], weight_size[3], [&](int64_t gi, int64_t m, int64_t k, int64_t e) {
+    wp[e] = ap[(gi * g.M + m) * g.K + k];
   });
   return gw.view(weight_size).to(x.scalar_type());
 }
