@@ -141,7 +141,11 @@ void uniform_rows(const scalar_t* in, scalar_t* out, int64_t P, int64_t IH, int6
                   const std::vector<Csr<at::opmath_type<scalar_t>>>& mw) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = OW * V;
-  at::parallel_for(0, P * OH, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row)),
+  // Grain from the work per row (its row taps times each column's taps), not its
+  // length: a k64 s32 backward row sums 64 filtered rows of 16 elements each.
+  const int64_t taps = std::max<int64_t>(1, static_cast<int64_t>(th.k.size()) / std::max<int64_t>(1, OH)) *
+                       std::max<int64_t>(1, static_cast<int64_t>(mw[0].index.size()) / std::max<int64_t>(1, OW));
+  at::parallel_for(0, P * OH, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row * taps)),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc_t> h(row), acc(row, acc_t(0));
     for (int64_t r = begin; r < end; ++r) {
