@@ -145,8 +145,7 @@ void uniform_rows(const scalar_t* in, scalar_t* out, int64_t P, int64_t IH, int6
   // length: a k64 s32 backward row sums 64 filtered rows of 16 elements each.
   const int64_t taps = std::max<int64_t>(1, static_cast<int64_t>(th.k.size()) / std::max<int64_t>(1, OH)) *
                        std::max<int64_t>(1, static_cast<int64_t>(mw[0].index.size()) / std::max<int64_t>(1, OW));
-  at::parallel_for(0, P * OH, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row * taps)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * OH, grain(row * taps), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> h(row), acc(row, acc_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t p = r / OH, a = r % OH;
@@ -180,12 +179,11 @@ bool uniform_diagonal(const at::Tensor& in, at::Tensor& out, int64_t P, int64_t 
   }
   std::vector<Csr<acc_t>> mw;
   for (int64_t ky = 0; ky < KH; ++ky) mw.push_back(weighted_map(tw, f + ky * KW));
-  auto run = [&](auto planar) {
+  with_planar(V, [&](auto planar) {
     uniform_rows<scalar_t, decltype(planar)>(in.const_data_ptr<scalar_t>(),
                                              out.mutable_data_ptr<scalar_t>(), P, in.size(2),
                                              in.size(3), out.size(2), out.size(3), V, th, mw);
-  };
-  if (V == 1) run(std::true_type{}); else run(std::false_type{});
+  });
   return true;
 }
 

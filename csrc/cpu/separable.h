@@ -41,6 +41,13 @@ struct Csr {
   }
 };
 
+// f(std::true_type) for NCHW rows (V == 1), f(std::false_type) otherwise, so that the
+// row loops drop their channel loop for NCHW.
+template <typename F>
+void with_planar(int64_t V, F&& f) {
+  if (V == 1) f(std::true_type{}); else f(std::false_type{});
+}
+
 namespace sep {
 
 // r[dw, :] = sum_k mw(dw, k) * s[mw.index[k], :], V channels per column (V == 1 for
@@ -177,12 +184,11 @@ template <typename scalar_t>
 void separable_apply(const at::Tensor& src, at::Tensor& dst, int64_t P, int64_t V,
                      const Csr<at::opmath_type<scalar_t>>& mh,
                      const Csr<at::opmath_type<scalar_t>>& mw) {
-  auto run = [&](auto planar) {
+  with_planar(V, [&](auto planar) {
     separable_apply<scalar_t, decltype(planar)::value>(
         src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), P, src.size(2),
         src.size(3), dst.size(2), dst.size(3), V, mh, mw);
-  };
-  if (V == 1) run(std::true_type{}); else run(std::false_type{});
+  });
 }
 
 }  // namespace fcn_kernels
