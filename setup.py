@@ -41,7 +41,10 @@ def want_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/fcn_kernels.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # One folder per operator (csrc/<op>/): its CPU kernels (cpu*.cpp), its GPU code
+    # emulated on the CPU (emu.cpp, always built) and for CUDA (cuda.cu).
+    sources = ["csrc/fcn_kernels.cpp", "csrc/autograd.cpp"] + sorted(
+        glob.glob("csrc/gpu/*.cpp") + glob.glob("csrc/*/cpu*.cpp") + glob.glob("csrc/*/emu*.cpp"))
     # The C++ standard is left to torch (2.14 needs C++20). -fopenmp: at::parallel_for
     # is inline in torch's headers and runs serially unless _OPENMP is defined; the
     # libgomp it links is torch's own (same soname, already loaded by `import torch`).
@@ -59,7 +62,7 @@ def extension():
         # e.g. "8.0;8.6" for A100/RTX 30xx.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
         print("fcn-kernels: no GPU visible, TORCH_CUDA_ARCH_LIST defaults to 9.0+PTX")
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(glob.glob("csrc/*/*.cu"))
     return cpp_extension.CUDAExtension(
         "fcn_kernels._C", sources,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},

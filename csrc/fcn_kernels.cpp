@@ -1,5 +1,5 @@
 // Operator schemas for every fcn_kernels op, and the Python module init.
-// Kernels live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL), autograd in
+// Kernels live in csrc/<op>/cpu*.cpp and csrc/<op>/cuda.cu (TORCH_LIBRARY_IMPL), autograd in
 // csrc/autograd.cpp; fake kernels and the public Python API live in fcn_kernels/*.py.
 #include <Python.h>
 #include <torch/library.h>
@@ -14,7 +14,12 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(fcn_kernels, m) {
+namespace {
+
+// The seven schemas, defined for torch.ops.fcn_kernels (CPU, CUDA, autograd, autocast,
+// fake kernels) and, identically, for torch.ops.fcn_kernels_emu: the GPU code run on
+// the CPU by the emulated launcher (csrc/gpu/emu_launcher.h), a testing aid.
+void define_schemas(torch::Library& m) {
   // --- bilinear upsampling (== F.interpolate(mode="bilinear")) -------------------
   // scale_h / scale_w: the user's scale factors when given (they change the source
   // index rule exactly as in ATen), None when the output size was given.
@@ -52,3 +57,8 @@ TORCH_LIBRARY(fcn_kernels, m) {
       "SymInt[4] weight_size, int[2] stride, int[2] padding, int groups, "
       "int[2] dilation, int[2] offset) -> Tensor");
 }
+
+}  // namespace
+
+TORCH_LIBRARY(fcn_kernels, m) { define_schemas(m); }
+TORCH_LIBRARY(fcn_kernels_emu, m) { define_schemas(m); }

@@ -48,7 +48,7 @@ def check_finite_positive(values, name: str) -> None:
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """The layout rule of csrc/common.h layout_of(): the C++ kernels produce a
+    """The layout rule of csrc/common/tensor.h layout_of(): the C++ kernels produce a
     channels_last result exactly when this is true."""
     return (t.dim() == 4 and not t.is_contiguous()
             and t.is_contiguous(memory_format=torch.channels_last))

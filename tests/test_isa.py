@@ -1,5 +1,5 @@
 """The CPU kernels' hot loops are compiled for AVX-512, AVX2 and the baseline ISA and
-picked at run time like ATen's own kernels (csrc/cpu/isa.h), following
+picked at run time like ATen's own kernels (csrc/common/isa.h), following
 ATEN_CPU_CAPABILITY. Every variant this CPU can run must give ATen's results: each is
 checked in a subprocess with that capability forced."""
 import os

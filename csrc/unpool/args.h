@@ -1,5 +1,5 @@
 // Max-unpooling: argument checks, window geometry and error reporting shared by
-// csrc/cpu/unpool_cpu.cpp and csrc/cuda/unpool_cuda.cu.
+// unpool/cpu.cpp and the GPU code.
 //
 // Semantics (== F.max_unpool2d): y[n, c].view(-1)[indices[n, c, h, w]] = x[n, c, h, w],
 // zeros elsewhere. When several inputs of one plane name the same output, the input that
@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include "common.h"
+#include "common/tensor.h"
 
 namespace fcn_kernels {
 
@@ -125,7 +125,7 @@ inline void check_unpool_geometry(at::IntArrayRef kernel_size, at::IntArrayRef s
                     " (each index must be in [0, ", plane, "))");
 }
 
-// One unpooling problem in the (P, H, W, V) view of common.h (P planes of V
+// One unpooling problem in the (P, H, W, V) view of common/tensor.h (P planes of V
 // interleaved channels): `src` (forward: the input, backward: grad_output) and
 // `indices` made contiguous in the working layout (layout_of(src)), `out` allocated in
 // it. Indices planes are IH x IW, unpooled planes OH x OW.

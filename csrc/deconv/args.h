@@ -1,137 +1,12 @@
-// Shared input checks and index math for the fcn_kernels operators.
-// Everything marked FK_HD is compiled for both host and device, so the CPU tests
-// exercise exactly the arithmetic the CUDA kernels use.
+// Transposed convolution + crop: argument checks and index math shared by the CPU
+// kernels (deconv/cpu.cpp) and the GPU kernels (deconv/gpu.h).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-
-#include <cmath>
 #include <cstdint>
-#include <utility>
 
-#ifdef __CUDACC__
-#define FK_HD __host__ __device__ __forceinline__
-#else
-#define FK_HD inline
-#endif
+#include "common/tensor.h"
 
 namespace fcn_kernels {
-
-// ---------------------------------------------------------------------------
-// Bilinear (linear along one axis) source taps, bit-compatible with ATen's
-// area_pixel_compute_scale / area_pixel_compute_source_index (UpSample.h).
-// acc_t is the op-math type (float for half/bfloat16/float, double for double):
-// computing in the same type as ATen makes floor() land on the same index.
-// ---------------------------------------------------------------------------
-
-// `scale` <= 0 means "not given" (the output size alone defines the ratio).
-template <typename acc_t>
-FK_HD acc_t linear_ratio(int64_t in, int64_t out, bool align_corners, double scale) {
-  if (align_corners) {
-    return out > 1 ? static_cast<acc_t>(in - 1) / static_cast<acc_t>(out - 1) : acc_t(0);
-  }
-  return scale > 0. ? static_cast<acc_t>(1.0 / scale)
-                    : static_cast<acc_t>(in) / static_cast<acc_t>(out);
-}
-
-template <typename acc_t>
-struct LinearTap {
-  int64_t i0, i1;  // the two source indices (equal at the last row/column)
-  acc_t l0, l1;    // their weights, l0 + l1 == 1
-};
-
-template <typename acc_t>
-FK_HD LinearTap<acc_t> linear_tap(acc_t ratio, int64_t o, int64_t in, int64_t out,
-                                  bool align_corners) {
-  LinearTap<acc_t> t;
-  if (in == out) {  // identity along this axis, as ATen's CPU kernel special-cases
-    t.i0 = t.i1 = o;
-    t.l0 = acc_t(1);
-    t.l1 = acc_t(0);
-    return t;
-  }
-  acc_t src = align_corners ? ratio * static_cast<acc_t>(o)
-                            : ratio * (static_cast<acc_t>(o) + acc_t(0.5)) - acc_t(0.5);
-  if (src < acc_t(0)) src = acc_t(0);
-  int64_t i0 = static_cast<int64_t>(src);  // src >= 0: truncation == floor
-  if (i0 > in - 1) i0 = in - 1;
-  acc_t l1 = src - static_cast<acc_t>(i0);
-  if (l1 > acc_t(1)) l1 = acc_t(1);
-  t.i0 = i0;
-  t.i1 = i0 + (i0 < in - 1 ? 1 : 0);
-  t.l1 = l1;
-  t.l0 = acc_t(1) - l1;
-  return t;
-}
-
-// Backward as a gather: output index o reads sources i0(o) and i1(o), and i0 is
-// non-decreasing in o, so the outputs that read source i form the contiguous range
-// [first o with i0(o) >= i-1, first o with i0(o) > i). Binary search keeps this exact
-// (it evaluates the forward formula) without tables.
-template <typename acc_t>
-FK_HD int64_t linear_first_output(acc_t ratio, int64_t target, int64_t in, int64_t out,
-                                  bool align_corners) {
-  int64_t lo = 0, hi = out;  // first o in [0, out] with i0(o) >= target
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (linear_tap<acc_t>(ratio, mid, in, out, align_corners).i0 >= target) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
-}
-
-// Weight with which output o reads source i (0 if it does not).
-template <typename acc_t>
-FK_HD acc_t linear_weight(const LinearTap<acc_t>& t, int64_t i) {
-  acc_t w = acc_t(0);
-  if (t.i0 == i) w += t.l0;
-  if (t.i1 == i) w += t.l1;
-  return w;
-}
-
-// ---------------------------------------------------------------------------
-// Host-side helpers shared by the CPU and CUDA entry points. The Python wrappers
-// validate first with friendlier messages; these guard direct torch.ops calls.
-// ---------------------------------------------------------------------------
-
-// Output/working layout: channels_last when the tensor is exactly channels_last
-// contiguous (and not also plain contiguous), otherwise NCHW. The fake kernels in
-// fcn_kernels/_common.py apply the same rule so strides match under torch.compile.
-inline at::MemoryFormat layout_of(const at::Tensor& t) {
-  return (t.dim() == 4 && !t.is_contiguous() &&
-          t.is_contiguous(at::MemoryFormat::ChannelsLast))
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
-
-// (P, V) of the (P, H, W, V) view every kernel works on: P = N*C planes of V = 1 for
-// NCHW, P = N images of V = C interleaved channels for channels_last. A spatial row is
-// then always W*V contiguous elements, whatever the layout.
-inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::MemoryFormat fmt) {
-  if (fmt == at::MemoryFormat::ChannelsLast) return {t.size(0), t.size(1)};
-  return {t.size(0) * t.size(1), 1};
-}
-
-inline void check_float4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(),
-              "-D");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,
-              " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
-}
-
-inline void check_bilinear(const at::Tensor& x, at::IntArrayRef output_size,
-                           const char* name) {
-  check_float4d(x, name);
-  TORCH_CHECK(output_size.size() == 2, "output_size must have 2 elements");
-  TORCH_CHECK(output_size[0] > 0 && output_size[1] > 0,
-              "output_size must be positive, got ", output_size);
-  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, name,
-              " must have non-empty spatial dimensions, got ", x.sizes());
-}
 
 // ---------------------------------------------------------------------------
 // Transposed convolution + crop (deconv_cpu.cpp / deconv_cuda.cu).
@@ -201,11 +76,6 @@ inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef s
               "input and weight must have non-empty channel/spatial dimensions");
 }
 
-inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), what,
-              " must have the same dtype and device, got ", a.scalar_type(), " on ",
-              a.device(), " and ", b.scalar_type(), " on ", b.device());
-}
 
 // Argument checks of the two conv_transpose2d_crop backward ops (CPU and CUDA kernels).
 inline void check_deconv_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,

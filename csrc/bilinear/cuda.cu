@@ -14,8 +14,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../common.h"
-#include "launch.cuh"
+#include "bilinear/args.h"
+#include "gpu/launch.cuh"
 
 namespace fcn_kernels {
 namespace {

@@ -3,7 +3,7 @@
 // Used by bilinear upsampling (forward, and backward as the transposed maps) and by the
 // transposed convolution when its weight is one rank-1 filter on the channel diagonal
 // (FCN's bilinear upsampling weight): both are "blend a few source rows, each blended
-// from a few source columns". Tensors are seen as (P, H, W, V) (common.h), so a spatial
+// from a few source columns". Tensors are seen as (P, H, W, V) (common/tensor.h), so a spatial
 // row is W*V contiguous elements in NCHW and channels_last alike.
 //
 // Every destination element is written once by one task in a fixed order: no atomics,
@@ -18,7 +18,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "isa.h"
+#include "common/isa.h"
 
 namespace fcn_kernels {
 

@@ -29,9 +29,9 @@
 #include <immintrin.h>
 #endif
 
-#include "../common.h"
-#include "isa.h"
-#include "separable.h"
+#include "deconv/args.h"
+#include "common/isa.h"
+#include "common/separable.h"
 
 namespace fcn_kernels {
 namespace {
@@ -257,7 +257,7 @@ inline c10::ScalarType acc_type_of(c10::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// deconv_is_channel_diagonal (common.h) with tensor ops costs tens of ms on a 21x21x64x64
+// deconv_is_channel_diagonal (deconv/args.h) with tensor ops costs tens of ms on a 21x21x64x64
 // weight; a direct scan that stops at the first off-diagonal non-zero costs microseconds.
 bool is_channel_diagonal_cpu(const at::Tensor& weight, int64_t groups) {
   const int64_t cin_g = weight.size(0) / groups, cout_g = weight.size(1);

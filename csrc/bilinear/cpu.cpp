@@ -13,8 +13,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../common.h"
-#include "separable.h"
+#include "bilinear/args.h"
+#include "common/separable.h"
 
 namespace fcn_kernels {
 namespace {

@@ -1,7 +1,7 @@
 // Max-unpooling on CPU: forward (scatter by indices) and backward (gather by indices).
 //
-// Tensors are seen as (P, H, W, V) (common.h): P = N*C planes with V = 1 for NCHW, P = N
-// images of V = C channels for channels_last. Results are those of csrc/unpool.h: the
+// Tensors are seen as (P, H, W, V) (common/tensor.h): P = N*C planes with V = 1 for NCHW, P = N
+// images of V = C channels for channels_last. Results are those of unpool/args.h: the
 // last input (row-major) wins when two inputs name the same output.
 //
 // Forward has two paths; neither makes a separate zero-fill pass over the whole output
@@ -28,7 +28,7 @@
 #include <immintrin.h>
 #endif
 
-#include "../unpool.h"
+#include "unpool/args.h"
 
 namespace fcn_kernels {
 namespace {

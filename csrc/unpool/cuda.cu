@@ -1,7 +1,7 @@
 // Max-unpooling on CUDA: forward (scatter by indices) and backward (gather by indices).
 //
 // Same (P, H, W, V) view as the CPU kernels (P = N*C, V = 1 for NCHW; P = N, V = C for
-// channels_last), kernels instantiated per element size (unpool.h), and the same
+// channels_last), kernels instantiated per element size (unpool/args.h), and the same
 // results: the last input (row-major) wins when two inputs name the same output.
 //
 // Forward:
@@ -26,8 +26,8 @@
 
 #include <optional>
 
-#include "../unpool.h"
-#include "launch.cuh"
+#include "unpool/args.h"
+#include "gpu/launch.cuh"
 
 namespace fcn_kernels {
 namespace {

@@ -1,0 +1,60 @@
+// CudaLauncher: runs a kernel functor (gpu/launch.h) as a real CUDA kernel on the
+// current stream. Included only by csrc/<op>/cuda.cu.
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "gpu/launch.h"
+
+namespace fcn_kernels {
+
+template <typename K>
+__global__ void fk_kernel(const K kernel) {
+  extern __shared__ __align__(16) char fk_smem[];
+  Thread t;
+  t.block = {blockIdx.x, blockIdx.y, blockIdx.z};
+  t.thread = {threadIdx.x, threadIdx.y, threadIdx.z};
+  t.grid = {gridDim.x, gridDim.y, gridDim.z};
+  t.block_dim = {blockDim.x, blockDim.y, blockDim.z};
+  t.smem = fk_smem;
+#pragma unroll 1
+  for (int phase = 0; phase < PhasesOf<K>::value; ++phase) {
+    if (phase > 0) __syncthreads();
+    t.phase = phase;
+    kernel(t);
+  }
+}
+
+struct CudaLauncher {
+  static constexpr bool kEmulated = false;
+  using Guard = c10::cuda::CUDAGuard;
+
+  template <typename K>
+  static void launch(const char* name, Dim grid, Dim block, size_t smem, const K& kernel) {
+    check_launch(grid, block, smem, name);
+    fk_kernel<K><<<dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), smem,
+                   c10::cuda::getCurrentCUDAStream()>>>(kernel);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // Multiprocessors of the current device (grid sizing for persistent loops).
+  static int sm_count() {
+    int device = 0, count = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+  }
+
+  // True while the current stream is being captured into a CUDA graph: no host sync
+  // (item(), a blocking copy) is allowed then.
+  static bool capturing() {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+    return status != cudaStreamCaptureStatusNone;
+  }
+};
+
+}  // namespace fcn_kernels

@@ -1,0 +1,134 @@
+// The launcher interface every GPU kernel of this package is written against.
+//
+// A kernel is a functor with a per-thread body, `FK_HD void operator()(const Thread&)
+// const`, that gets its block and thread coordinates from the Thread argument instead of
+// CUDA's builtins. Each operator's host side (csrc/<op>/gpu.h) is a template on a
+// launcher L and is compiled twice:
+// * with CudaLauncher (gpu/cuda_launcher.cuh, in csrc/<op>/cuda.cu): a real
+//   <<<grid, block, smem, stream>>> launch on the current stream;
+// * with EmuLauncher (gpu/emu_launcher.h, in csrc/<op>/emu.cpp): the host compiler runs
+//   the same body for every (block, thread) of the same launch on the CPU, blocks
+//   spread over at::parallel_for. These are the torch.ops.fcn_kernels_emu operators.
+// A kernel that needs __syncthreads declares `static constexpr int kPhases = n`; its
+// body then runs n times per thread with t.phase = 0 .. n-1 and a block-wide barrier
+// between phases (the emulator runs each phase for all of a block's threads before the
+// next), sharing data only through t.smem (dynamic shared memory, zero-filled by
+// neither launcher).
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "common/tensor.h"
+
+namespace fcn_kernels {
+
+struct Dim {
+  uint32_t x = 1, y = 1, z = 1;
+};
+
+struct Thread {
+  Dim block;      // blockIdx
+  Dim thread;     // threadIdx
+  Dim grid;       // gridDim
+  Dim block_dim;  // blockDim
+  int phase;      // 0 .. K::kPhases-1
+  char* smem;     // the block's dynamic shared memory
+};
+
+template <typename K, typename = void>
+struct PhasesOf : std::integral_constant<int, 1> {};
+template <typename K>
+struct PhasesOf<K, std::void_t<decltype(K::kPhases)>>
+    : std::integral_constant<int, K::kPhases> {};
+
+// CUDA's launch limits, enforced by the emulator too so that an invalid launch fails
+// in CI exactly as it would on a GPU ("invalid configuration argument").
+constexpr int64_t kMaxThreadsPerBlock = 1024;
+constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxSharedBytes = 48 * 1024;  // without cudaFuncSetAttribute
+
+inline void check_launch(const Dim& grid, const Dim& block, size_t smem, const char* name) {
+  const int64_t threads = int64_t(block.x) * block.y * block.z;
+  TORCH_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= kMaxGridX &&
+                  grid.y <= kMaxGridYZ && grid.z <= kMaxGridYZ,
+              name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
+  TORCH_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64, name,
+              ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  TORCH_CHECK(smem <= static_cast<size_t>(kMaxSharedBytes), name, ": ", smem,
+              " bytes of shared memory exceed the default limit");
+}
+
+// ---------------------------------------------------------------------------
+// 32/64-bit index choice, shared by every host side. The limit can be lowered for
+// tests (torch.ops.fcn_kernels_emu._set_index32_limit) so the int64 kernels run on
+// small tensors.
+// ---------------------------------------------------------------------------
+int64_t& index32_limit();  // defined in gpu/index.cpp
+
+// True when every offset in tensors of these element counts fits in int32 with room
+// for one more block's worth of threads past the end.
+inline bool fits_int32(std::initializer_list<int64_t> numels) {
+  const int64_t lim = index32_limit();
+  for (int64_t n : numels) {
+    if (n >= lim) return false;
+  }
+  return true;
+}
+
+template <typename F>
+void with_index_type(bool small, F&& f) {
+  if (small) {
+    f(int32_t(0));
+  } else {
+    f(int64_t(0));
+  }
+}
+
+inline uint32_t ceil_div_u32(int64_t a, int64_t b) {
+  return static_cast<uint32_t>((a + b - 1) / b);
+}
+
+// ---------------------------------------------------------------------------
+// Device-side helpers with a serial/host equivalent.
+// ---------------------------------------------------------------------------
+FK_HD int atomic_max(int* addr, int v) {
+#ifdef __CUDA_ARCH__
+  return atomicMax(addr, v);
+#else
+  int old = __atomic_load_n(addr, __ATOMIC_RELAXED);
+  while (old < v &&
+         !__atomic_compare_exchange_n(addr, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return old;
+#endif
+}
+
+FK_HD long long atomic_max(long long* addr, long long v) {
+#ifdef __CUDA_ARCH__
+  return atomicMax(addr, v);
+#else
+  long long old = __atomic_load_n(addr, __ATOMIC_RELAXED);
+  while (old < v &&
+         !__atomic_compare_exchange_n(addr, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return old;
+#endif
+}
+
+// A flag many threads may raise: a plain store of 1 (racing writers agree).
+FK_HD void raise_flag(int* flag) {
+  if (flag == nullptr) return;
+#ifdef __CUDA_ARCH__
+  *flag = 1;
+#else
+  __atomic_store_n(flag, 1, __ATOMIC_RELAXED);
+#endif
+}
+
+}  // namespace fcn_kernels
