@@ -3,13 +3,23 @@ import pytest
 import torch
 
 import fcn_kernels
+from fcn_kernels.testing import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and fcn_kernels.cuda_built()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
 
-# Every test that takes `device` runs on CPU, and on CUDA where a GPU is visible
-# (skipped, never failed, without one).
-DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+# Every test that takes `device` runs on CPU, on the CUDA code emulated on the CPU
+# ("emu": CPU tensors, torch.ops.fcn_kernels routed to torch.ops.fcn_kernels_emu, see
+# fcn_kernels/testing.py), and on CUDA where a GPU is visible (skipped without one).
+DEVICES = ["cpu", pytest.param("emu", marks=pytest.mark.emu),
+           pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+_EMULATING = [False]
+
+
+def gpu_code(device) -> bool:
+    """True when `device` (a `device` fixture value) runs the GPU implementation:
+    on CUDA, or emulated on the CPU."""
+    return str(device).startswith("cuda") or _EMULATING[0]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 # Tolerances for results rounded to `dtype` from a float64 reference computed on the
@@ -34,7 +44,17 @@ def _seed():
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    """"cpu" or "cuda"; for "emu", "cpu" with the CUDA code emulated (gpu_code() is
+    then True)."""
+    if request.param != "emu":
+        yield request.param
+        return
+    with emulated_cuda():
+        _EMULATING[0] = True
+        try:
+            yield "cpu"
+        finally:
+            _EMULATING[0] = False
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).replace("torch.", ""))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import requires_cuda
+from conftest import gpu_code, requires_cuda
 from fcn_kernels._common import is_channels_last
 
 ops = torch.ops.fcn_kernels
@@ -436,7 +436,7 @@ def test_out_of_range_indices(k, s, layout, device):
             ops.max_unpool2d_backward(g, j, [k, k], [s, s], [0, 0])
         # check_indices=False (autograd's call, after the forward checked): CUDA skips
         # its host sync and reads such entries as 0; the CPU still raises.
-        if device == "cpu":
+        if not gpu_code(device):
             with pytest.raises(IndexError, match=msg):
                 ops.max_unpool2d_backward(g, j, [k, k], [s, s], [0, 0], False)
         else:
