@@ -14,7 +14,7 @@ BUILT   := $(VENV)/.ext-built
 EXT     := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 SO      := fcn_kernels/_C$(EXT)
 
-.PHONY: demo test bench build deps clean
+.PHONY: demo test bench build deps clean gpu-check sass
 demo: build
 	$(VENV)/bin/fcn demo $(ARGS)
 
@@ -23,6 +23,17 @@ test: build
 
 bench: build
 	$(PY) -m benches.report $(ARGS)
+
+# On a lent GPU machine (its own python3 with torch; no package index): build for the
+# visible GPU, CUDA tests, sanitizers, sync and graph checks, CUDA benchmarks -> $(OUT).
+OUT ?= out/gpu-check
+gpu-check:
+	$(PYTHON) -m benches.gpu_check $(OUT)
+
+# Per-kernel SASS statistics of the built extension (no GPU needed); fails on spills
+# and on FP64/CALL instructions in float/half/bfloat16 kernels.
+sass: build
+	$(PY) -m benches.sass --check
 
 build: deps
 	@if [ ! -f $(SO) ] || [ ! -f $(BUILT) ] || [ -n "$$(find $(SOURCES) -newer $(BUILT))" ]; then \

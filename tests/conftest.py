@@ -6,13 +6,18 @@ import fcn_kernels
 from fcn_kernels.testing import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and fcn_kernels.cuda_built()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+
+
+def requires_cuda(test):
+    """Skip without a GPU; marked `cuda` so `pytest -m cuda` (gpu-check) selects it."""
+    return pytest.mark.cuda(_skip_without_cuda(test))
 
 # Every test that takes `device` runs on CPU, on the CUDA code emulated on the CPU
 # ("emu": CPU tensors, torch.ops.fcn_kernels routed to torch.ops.fcn_kernels_emu, see
 # fcn_kernels/testing.py), and on CUDA where a GPU is visible (skipped without one).
 DEVICES = ["cpu", pytest.param("emu", marks=pytest.mark.emu),
-           pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+           pytest.param("cuda", marks=[_skip_without_cuda, pytest.mark.cuda])]
 _EMULATING = [False]
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import DEVICES, TOL, assert_close
+from conftest import TOL, assert_close
+from fcn_kernels.testing import emulated_cuda, index32_limit
 
 # (input shape, resize kwargs): up/down, odd/prime sizes, non-integer and per-axis
 # scales, 1x1 in and out, identity along one axis, and the scale-given-but-same-size
@@ -34,7 +35,6 @@ def ref(x, kw, ac):
     return F.interpolate(x, mode="bilinear", align_corners=ac, **kw)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("shape,kw", CASES, ids=IDS)
 def test_forward_backward_matches_aten_float64(device, shape, kw, align_corners):
@@ -49,7 +49,6 @@ def test_forward_backward_matches_aten_float64(device, shape, kw, align_corners)
     assert_close(gx_ours, gx_ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,kw", CASES[:8], ids=IDS[:8])
 def test_dtypes_against_float64_reference(device, dtype, shape, kw):
     # Reference: ATen in float64 on the same (rounded) input, rounded to dtype.
@@ -72,7 +71,6 @@ def test_dtypes_against_float64_reference(device, dtype, shape, kw):
     assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g}"
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_channels_last_keeps_layout(device, align_corners):
     x = torch.randn(2, 8, 9, 7, dtype=torch.float64, device=device)
@@ -87,7 +85,6 @@ def test_channels_last_keeps_layout(device, align_corners):
     assert_close(gx, gx_ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     base = torch.randn(3, 10, 12, 8, dtype=torch.float64, device=device)
     views = [
@@ -109,7 +106,6 @@ def test_non_contiguous_inputs(device):
     assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y2, x2, g)[0])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5)])
 def test_empty_batch_or_channels(device, shape):
     x = torch.randn(shape, device=device, requires_grad=True)
@@ -119,7 +115,6 @@ def test_empty_batch_or_channels(device, shape):
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_large_channel_count(device):
     x = torch.randn(1, 1024, 5, 6, device=device)
     assert_close(fk.bilinear_upsample(x, size=(11, 13)), ref(x, dict(size=(11, 13)), False))
@@ -168,7 +163,6 @@ def test_torch_export():
     assert_close(exported.module()(x), ref(x, dict(size=(9, 11)), False))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_backward_is_bit_identical(device, deterministic):
     prev = torch.are_deterministic_algorithms_enabled()
@@ -227,11 +221,52 @@ def test_bad_input_raises_clear_error(call, exc, match):
 def test_direct_op_calls_are_checked_in_cpp():
     # The C++ checks guard callers that bypass the Python wrapper.
     ops = torch.ops.fcn_kernels
-    with pytest.raises(RuntimeError, match="output_size must be positive"):
+    # Same exception types as the Python wrapper (ValueError / TypeError).
+    with pytest.raises(ValueError, match="output_size must be positive"):
         ops.bilinear_upsample(torch.randn(1, 1, 3, 3), [0, 4], False, None, None)
-    with pytest.raises(RuntimeError, match="input must be a 4-D"):
+    with pytest.raises(ValueError, match="input must be a 4-D"):
         ops.bilinear_upsample(torch.randn(1, 3, 3), [4, 4], False, None, None)
-    with pytest.raises(RuntimeError, match="input must be float"):
+    with pytest.raises(TypeError, match="input must be float"):
         ops.bilinear_upsample(torch.ones(1, 1, 3, 3, dtype=torch.int32), [4, 4], False, None, None)
-    with pytest.raises(RuntimeError, match="do not match input_size"):
+    with pytest.raises(ValueError, match="do not match input_size"):
         ops.bilinear_upsample_backward(torch.randn(1, 2, 6, 6), [1, 3, 3, 3], False, None, None)
+
+
+# ---- the CUDA code, emulated on the CPU (fcn_kernels.testing) ------------------------
+
+@pytest.mark.emu
+@pytest.mark.parametrize("limit", [0, 50], ids=["int32", "int64"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_emulated_index_types_and_gradient_layouts(limit, layout):
+    # limit=50 makes the GPU host code pick its 64-bit index kernels on small tensors.
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    ref_y = ref(x, dict(size=(17, 12)), False)
+    grads = {
+        "dense": torch.randn(2, 3, 17, 12, dtype=torch.float64),
+        "expanded": torch.tensor(1.5, dtype=torch.float64).expand(2, 3, 17, 12),
+        "transposed": torch.randn(2, 3, 12, 17, dtype=torch.float64).transpose(2, 3),
+        "sliced": torch.randn(2, 6, 17, 24, dtype=torch.float64)[:, ::2, :, ::2],
+    }
+    with emulated_cuda(), index32_limit(limit):
+        y = fk.bilinear_upsample(x, size=(17, 12))
+        assert_close(y, ref_y)
+        for name, g in grads.items():
+            (gx,) = torch.autograd.grad(y, x, g, retain_graph=True)
+            (gref,) = torch.autograd.grad(ref_y, x, g, retain_graph=True)
+            assert_close(gx, gref), name
+
+
+@pytest.mark.emu
+def test_emulated_gradcheck_and_direct_ops():
+    emu = torch.ops.fcn_kernels_emu
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    with emulated_cuda():
+        assert torch.autograd.gradcheck(lambda t: fk.bilinear_upsample(t, scale_factor=1.7), (x,))
+    # The emulated ops themselves, called directly, check their arguments like the CUDA ones.
+    assert_close(emu.bilinear_upsample(x.detach(), [9, 5], True, None, None),
+                 ref(x.detach(), dict(size=(9, 5)), True))
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        emu.bilinear_upsample(x.detach(), [0, 5], True, None, None)

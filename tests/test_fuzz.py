@@ -2,6 +2,9 @@
 
 Seeded and bounded for CI; run longer with e.g.
     FCN_FUZZ_CASES=2000 FCN_FUZZ_SEED=7 pytest tests/test_fuzz.py
+or at scale, CPU and emulated CUDA, with `python -m tests.fuzz --cases 10000`.
+Every case runs on the CPU kernels, on the CUDA code emulated on the CPU ("emu") and on
+CUDA where a GPU is visible.
 A failure prints the case (op, arguments, dtype, layout) and the seed to reproduce it.
 """
 import os
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import DEVICES, TOL
+from conftest import TOL
 
 CASES = int(os.environ.get("FCN_FUZZ_CASES", "60"))
 SEED = int(os.environ.get("FCN_FUZZ_SEED", "0"))
@@ -123,17 +126,17 @@ def bound(dtype, mag):
     return 16 * torch.finfo(dtype).eps * mag + TOL[dtype]["atol"]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", sorted(OPS))
-def test_random_cases_match_aten(op, device):
-    rng = random.Random(f"{SEED}-{op}")
+def run_cases(op, device, cases=CASES, seed=SEED):
+    """Run `cases` random cases of `op` on `device` ("cpu", or "cuda"; emulation is the
+    caller's context). Returns the failure messages, each naming seed and case index."""
+    rng = random.Random(f"{seed}-{op}")
     draw, check = OPS[op]
     failures = []
-    for i in range(CASES):
+    for i in range(cases):
         case = draw(rng)
         dtype = rng.choice([torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16])
         how = rng.choice(["contiguous", "channels_last", "noncontig"])
-        torch.manual_seed(SEED * 100003 + i)
+        torch.manual_seed(seed * 100003 + i)
         try:
             y, ref, grads, grefs, mags = check(case, dtype, how, device)
             assert y.dtype == dtype and y.shape == ref.shape, f"shape/dtype {y.shape} {ref.shape}"
@@ -145,6 +148,12 @@ def test_random_cases_match_aten(op, device):
                 err = (a.double() - b).abs()
                 assert (err <= bound(dtype, m + 1)).all(), f"{name} off by {err.max().item():.3g}"
         except Exception as e:  # collect, report every failing case reproducibly
-            failures.append(f"case {i}: op={op} seed={SEED} dtype={dtype} layout={how} "
+            failures.append(f"case {i}: op={op} seed={seed} dtype={dtype} layout={how} "
                             f"args={case}: {type(e).__name__}: {e}")
+    return failures
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_random_cases_match_aten(op, device):
+    failures = run_cases(op, device)
     assert not failures, f"{len(failures)}/{CASES} cases failed:\n" + "\n".join(failures[:10])

@@ -51,7 +51,6 @@ def _runs(device):
     return runs
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_repeated_runs_bit_identical(device, deterministic):
     prev = torch.are_deterministic_algorithms_enabled()

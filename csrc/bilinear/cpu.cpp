@@ -77,11 +77,7 @@ at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output,
                                           at::IntArrayRef input_size, bool align_corners,
                                           std::optional<double> scale_h,
                                           std::optional<double> scale_w) {
-  TORCH_CHECK(input_size.size() == 4, "input_size must have 4 elements");
-  check_bilinear(grad_output, {input_size[2], input_size[3]}, "grad_output");
-  TORCH_CHECK(grad_output.size(0) == input_size[0] && grad_output.size(1) == input_size[1],
-              "grad_output batch/channels ", grad_output.sizes(),
-              " do not match input_size ", input_size);
+  check_bilinear_backward(grad_output, input_size);
   const auto fmt = layout_of(grad_output);
   const at::Tensor g = grad_output.contiguous(fmt);
   at::Tensor gx = at::empty(input_size, g.options().memory_format(fmt));

@@ -36,14 +36,14 @@ inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::Memor
 }
 
 inline void check_float4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(),
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(),
               "-D");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name,
               " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
 inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), what,
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type() && a.device() == b.device(), what,
               " must have the same dtype and device, got ", a.scalar_type(), " on ",
               a.device(), " and ", b.scalar_type(), " on ", b.device());
 }

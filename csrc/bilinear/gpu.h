@@ -1,0 +1,274 @@
+// Bilinear upsampling, GPU code: kernel bodies and host side, generic in the launcher
+// (gpu/launch.h). Compiled for CUDA by bilinear/cuda.cu and for CPU emulation by
+// bilinear/emu.cpp.
+//
+// Tensors are seen as (P, H, W, V) (common/tensor.h): P = N*C planes of V = 1 for NCHW,
+// P = N images of V = C interleaved channels for channels_last, so an image row is
+// W*V contiguous elements in both layouts.
+//
+// Forward: grid (row chunks, output rows, plane chunks); a thread owns one position j of
+// an output row, computes its two row taps and two column taps once, then loops over
+// planes: per element 4 loads (mostly cache hits), 3 multiply-adds and 1 store, no
+// division. Ratios come from the host in the op-math type, so float kernels do no FP64.
+//
+// Backward: two gather passes, no atomics (same bits every run), as on the CPU:
+//   tables: for every input row/column i the range [lo, hi) of outputs that read it,
+//           and for every output row/column its taps (one thread per entry);
+//   pass 1: rows[p, ih, j] = sum_{oh in range(ih)} w(oh, ih) * g[p, oh, j]
+//           (float buffer; g read through its strides, so expanded or strided
+//           gradients, e.g. from y.sum(), are never copied);
+//   pass 2: gx[p, ih, iw, c] = sum_{ow in range(iw)} w(ow, iw) * rows[p, ih, ow, c].
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "bilinear/args.h"
+#include "gpu/launch.h"
+
+namespace fcn_kernels {
+namespace bilinear_gpu {
+
+constexpr int kThreads = 256;
+
+// Grid (x: chunks of a row of `row` elements, y: rows, z: plane chunks) with enough
+// blocks to fill the device; every thread loops over planes z, z + grid.z, ...
+inline Dim plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
+  Dim g;
+  g.x = ceil_div_u32(row, kThreads);
+  g.y = static_cast<uint32_t>(std::min<int64_t>(rows, kMaxGridYZ));
+  const int64_t want = int64_t(sm_count) * 8;
+  const int64_t per_plane = int64_t(g.x) * g.y;
+  g.z = static_cast<uint32_t>(
+      std::clamp<int64_t>((want + per_plane - 1) / per_plane, 1, std::min(planes, kMaxGridYZ)));
+  return g;
+}
+
+template <typename scalar_t, typename index_t>
+struct Forward {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x;
+  scalar_t* y;
+  int IH, IW, OH, OW, V, P;
+  acc_t rh, rw;
+  bool align_corners;
+
+  FK_HD void operator()(const Thread& t) const {
+    const int row = OW * V;
+    const int j = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
+    if (j >= row) return;
+    const int ow = V == 1 ? j : j / V, c = j - ow * V;
+    const auto tw = linear_tap<acc_t, int>(rw, ow, IW, OW, align_corners);
+    const index_t w0 = index_t(tw.i0) * V + c, w1 = index_t(tw.i1) * V + c;
+    const index_t in_plane = index_t(IH) * IW * V, out_plane = index_t(OH) * row;
+    for (int oh = t.block.y; oh < OH; oh += t.grid.y) {
+      const auto th = linear_tap<acc_t, int>(rh, oh, IH, OH, align_corners);
+      const index_t r0 = index_t(th.i0) * IW * V, r1 = index_t(th.i1) * IW * V;
+      const index_t o = index_t(oh) * row + j;
+      for (int p = t.block.z; p < P; p += t.grid.z) {
+        const scalar_t* xp = x + p * in_plane;
+        const acc_t top = tw.l0 * static_cast<acc_t>(xp[r0 + w0]) +
+                          tw.l1 * static_cast<acc_t>(xp[r0 + w1]);
+        const acc_t bot = tw.l0 * static_cast<acc_t>(xp[r1 + w0]) +
+                          tw.l1 * static_cast<acc_t>(xp[r1 + w1]);
+        y[p * out_plane + o] = static_cast<scalar_t>(th.l0 * top + th.l1 * bot);
+      }
+    }
+  }
+};
+
+// One axis of the backward: for input index i, the outputs [lo[i], hi[i]) that read
+// it; for output index o, its taps.
+template <typename acc_t>
+struct AxisTable {
+  int* lo;
+  int* hi;
+  LinearTap<acc_t, int>* taps;
+};
+
+template <typename acc_t>
+struct Tables {
+  AxisTable<acc_t> h, w;
+  int IH, IW, OH, OW;
+  acc_t rh, rw;
+  bool align_corners;
+
+  // Thread e < IH + IW + OH + OW fills one entry (the binary searches run once per
+  // input index here, not once per element in the passes).
+  FK_HD void operator()(const Thread& t) const {
+    int e = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
+    if (e < IH + OH) {
+      fill(h, e, IH, OH, rh);
+    } else {
+      fill(w, e - IH - OH, IW, OW, rw);
+    }
+  }
+
+  FK_HD void fill(const AxisTable<acc_t>& a, int e, int in, int out, acc_t r) const {
+    if (e < in) {
+      a.lo[e] = static_cast<int>(linear_first_output<acc_t>(r, e - 1, in, out, align_corners));
+      a.hi[e] = static_cast<int>(linear_first_output<acc_t>(r, e + 1, in, out, align_corners));
+    } else if (e < in + out) {
+      a.taps[e - in] = linear_tap<acc_t, int>(r, e - in, in, out, align_corners);
+    }
+  }
+};
+
+template <typename acc_t>
+FK_HD acc_t tap_weight(const LinearTap<acc_t, int>& tap, int i) {
+  return (tap.i0 == i ? tap.l0 : acc_t(0)) + (tap.i1 == i ? tap.l1 : acc_t(0));
+}
+
+// Pass 1, thread (j, ih, plane chunk): rows[p, ih, j] for its planes. g is read through
+// the strides of (N, C, H, W): plane p = (n, c) for NCHW, n for channels_last.
+template <typename scalar_t, typename index_t>
+struct BackwardRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;
+  acc_t* rows;
+  AxisTable<acc_t> h;
+  int IH, OH, OW, V, P, C;
+  index_t sn, sc, sh, sw;  // grad_output's element strides
+
+  FK_HD void operator()(const Thread& t) const {
+    const int row = OW * V;
+    const int j = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
+    if (j >= row) return;
+    const int ow = V == 1 ? j : j / V, c_in_row = j - ow * V;
+    for (int ih = t.block.y; ih < IH; ih += t.grid.y) {
+      const int lo = h.lo[ih], hi = h.hi[ih];
+      for (int p = t.block.z; p < P; p += t.grid.z) {
+        const int n = V == 1 ? p / C : p, c = V == 1 ? p - n * C : c_in_row;
+        const scalar_t* gp = g + n * sn + c * sc + ow * sw;
+        acc_t s = acc_t(0);
+        for (int oh = lo; oh < hi; ++oh) {
+          s += tap_weight(h.taps[oh], ih) * static_cast<acc_t>(gp[oh * sh]);
+        }
+        rows[(index_t(p) * IH + ih) * row + j] = s;
+      }
+    }
+  }
+};
+
+// Pass 2, thread (jj = iw*V + c, ih, plane chunk): gx[p, ih, iw, c].
+template <typename scalar_t, typename index_t>
+struct BackwardCols {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* rows;
+  scalar_t* gx;
+  AxisTable<acc_t> w;
+  int IH, IW, OW, V, P;
+
+  FK_HD void operator()(const Thread& t) const {
+    const int row = IW * V;
+    const int jj = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
+    if (jj >= row) return;
+    const int iw = V == 1 ? jj : jj / V, c = jj - iw * V;
+    const int lo = w.lo[iw], hi = w.hi[iw];
+    for (int ih = t.block.y; ih < IH; ih += t.grid.y) {
+      for (int p = t.block.z; p < P; p += t.grid.z) {
+        const index_t r = index_t(p) * IH + ih;
+        const acc_t* rp = rows + r * OW * V + c;
+        acc_t s = acc_t(0);
+        for (int ow = lo; ow < hi; ++ow) s += tap_weight(w.taps[ow], iw) * rp[ow * V];
+        gx[r * row + jj] = static_cast<scalar_t>(s);
+      }
+    }
+  }
+};
+
+template <typename L>
+at::Tensor forward(const at::Tensor& self, at::IntArrayRef output_size, bool align_corners,
+                   std::optional<double> scale_h, std::optional<double> scale_w) {
+  check_bilinear(self, output_size, "input");
+  typename L::Guard guard(self.device());
+  const auto fmt = layout_of(self);
+  const at::Tensor x = self.contiguous(fmt);
+  at::Tensor y = at::empty({x.size(0), x.size(1), output_size[0], output_size[1]},
+                           x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const auto [P, V] = planes_and_vec(x, fmt);
+  const int IH = x.size(2), IW = x.size(3), OH = output_size[0], OW = output_size[1];
+  TORCH_CHECK_VALUE(int64_t(OW) * V < (int64_t(1) << 31) && P < (int64_t(1) << 31),
+                    "bilinear_upsample: an output row or the plane count exceeds 2^31");
+  const Dim grid = plane_grid(int64_t(OW) * V, OH, P, L::sm_count());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_gpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
+    const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
+    with_index_type(fits_int32({x.numel(), y.numel()}), [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      L::launch("bilinear_upsample", grid, Dim{kThreads}, 0,
+                Forward<scalar_t, index_t>{x.const_data_ptr<scalar_t>(),
+                                           y.mutable_data_ptr<scalar_t>(), IH, IW, OH, OW,
+                                           static_cast<int>(V), static_cast<int>(P), rh, rw,
+                                           align_corners});
+    });
+  });
+  return y;
+}
+
+template <typename L>
+at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                    bool align_corners, std::optional<double> scale_h,
+                    std::optional<double> scale_w) {
+  check_bilinear_backward(grad_output, input_size);
+  typename L::Guard guard(grad_output.device());
+  const auto fmt = layout_of(grad_output);
+  const at::Tensor& g = grad_output;  // read through its strides, never copied
+  at::Tensor gx = at::empty(input_size, g.options().memory_format(fmt));
+  if (gx.numel() == 0) return gx;
+  const auto [P, V] = planes_and_vec(gx, fmt);
+  const int IH = input_size[2], IW = input_size[3], OH = g.size(2), OW = g.size(3);
+  const int C = g.size(1);
+  TORCH_CHECK_VALUE(int64_t(OW) * V < (int64_t(1) << 31) && P < (int64_t(1) << 31),
+                    "bilinear_upsample_backward: a row or the plane count exceeds 2^31");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_backward_gpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+    const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
+    const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
+    // One int32 buffer: lo/hi of both axes, then the taps of both axes.
+    static_assert(sizeof(LinearTap<acc_t, int>) % sizeof(int) == 0, "tap layout");
+    const int64_t tap_ints = sizeof(LinearTap<acc_t, int>) / sizeof(int);
+    const int64_t n_ranges = 2 * (IH + IW), n_taps = OH + OW;
+    at::Tensor table = at::empty({n_ranges + n_taps * tap_ints + tap_ints},
+                                 g.options().dtype(at::kInt));
+    int* base = table.mutable_data_ptr<int>();
+    // Taps start at an offset aligned for acc_t (double taps need 8 bytes).
+    int64_t tap_offset = n_ranges;
+    tap_offset += (tap_offset * sizeof(int)) % alignof(LinearTap<acc_t, int>) ? 1 : 0;
+    auto* taps = reinterpret_cast<LinearTap<acc_t, int>*>(base + tap_offset);
+    const AxisTable<acc_t> th{base, base + IH, taps};
+    const AxisTable<acc_t> tw{base + 2 * IH, base + 2 * IH + IW, taps + OH};
+    L::launch("bilinear_backward_tables", Dim{ceil_div_u32(IH + IW + OH + OW, kThreads)},
+              Dim{kThreads}, 0, Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
+    at::Tensor rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
+    const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
+    const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
+    // g's furthest element offset bounds its index type (strides may be anything).
+    int64_t g_span = 1;
+    for (int d = 0; d < 4; ++d) g_span += (g.size(d) - 1) * std::abs(g.stride(d));
+    with_index_type(fits_int32({g_span, rows.numel(), gx.numel()}), [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
+                BackwardRows<scalar_t, index_t>{
+                    g.const_data_ptr<scalar_t>(), rows.mutable_data_ptr<acc_t>(), th, IH, OH,
+                    OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
+                    index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
+      L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
+                BackwardCols<scalar_t, index_t>{rows.const_data_ptr<acc_t>(),
+                                                gx.mutable_data_ptr<scalar_t>(), tw, IH, IW,
+                                                OW, static_cast<int>(V), static_cast<int>(P)});
+    });
+  });
+  return gx;
+}
+
+}  // namespace bilinear_gpu
+}  // namespace fcn_kernels
