@@ -16,7 +16,7 @@
 
 namespace fcn_kernels {
 
-bool& emu_capturing();  // test hook (gpu/index.cpp): pretend a CUDA graph is capturing
+bool& emu_capturing();  // test hook (gpu/state.cpp): pretend a CUDA graph is capturing
 
 struct EmuLauncher {
   static constexpr bool kEmulated = true;

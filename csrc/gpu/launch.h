@@ -69,7 +69,7 @@ inline void check_launch(const Dim& grid, const Dim& block, size_t smem, const c
 // tests (torch.ops.fcn_kernels_emu._set_index32_limit) so the int64 kernels run on
 // small tensors.
 // ---------------------------------------------------------------------------
-int64_t& index32_limit();  // defined in gpu/index.cpp
+int64_t& index32_limit();  // defined in gpu/state.cpp
 
 // True when every offset in tensors of these element counts fits in int32 with room
 // for one more block's worth of threads past the end.

@@ -1,8 +1,10 @@
 // State of the GPU host code that tests may change, and the fcn_kernels_emu test hooks.
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <limits>
 
+#include "gpu/emu_launcher.h"
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
@@ -35,11 +37,38 @@ bool set_emu_capturing(bool capturing) {
   return old;
 }
 
+// The launcher's own test: a two-phase block reduction through shared memory.
+// out[b] = sum over the block's threads of their global index.
+struct BlockSum {
+  static constexpr int kPhases = 2;
+  int64_t* out;
+
+  void operator()(const Thread& t) const {
+    auto* partial = reinterpret_cast<int64_t*>(t.smem);
+    if (t.phase == 0) {
+      partial[t.thread.x] = int64_t(t.block.x) * t.block_dim.x + t.thread.x;
+    } else if (t.thread.x == 0) {  // runs after every thread's phase 0
+      int64_t s = 0;
+      for (uint32_t i = 0; i < t.block_dim.x; ++i) s += partial[i];
+      out[t.block.x] = s;
+    }
+  }
+};
+
+at::Tensor launch_self_test(int64_t grid, int64_t block, int64_t smem) {
+  at::Tensor out = at::empty({std::max<int64_t>(grid, 0)}, at::TensorOptions().dtype(at::kLong));
+  EmuLauncher::launch("launch_self_test", Dim{static_cast<uint32_t>(grid)},
+                      Dim{static_cast<uint32_t>(block)}, static_cast<size_t>(smem),
+                      BlockSum{out.mutable_data_ptr<int64_t>()});
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fcn_kernels_emu, m) {
   m.def("_set_index32_limit(int limit) -> int", &set_index32_limit);
   m.def("_set_capturing(bool capturing) -> bool", &set_emu_capturing);
+  m.def("_launch_self_test(int grid, int block, int smem) -> Tensor", &launch_self_test);
 }
 
 }  // namespace fcn_kernels
