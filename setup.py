@@ -42,9 +42,8 @@ def want_cuda() -> bool:
 
 def extension():
     # One folder per operator (csrc/<op>/): its CPU kernels (cpu*.cpp), its GPU code
-    # emulated on the CPU (emu.cpp, always built) and for CUDA (cuda.cu).
-    sources = ["csrc/fcn_kernels.cpp", "csrc/autograd.cpp"] + sorted(
-        glob.glob("csrc/gpu/*.cpp") + glob.glob("csrc/*/cpu*.cpp") + glob.glob("csrc/*/emu*.cpp"))
+    # emulated on the CPU (emu.cpp, always built) and for CUDA (cuda.cu), autocast.
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     # The C++ standard is left to torch (2.14 needs C++20). -fopenmp: at::parallel_for
     # is inline in torch's headers and runs serially unless _OPENMP is defined; the
     # libgomp it links is torch's own (same soname, already loaded by `import torch`).

@@ -234,3 +234,22 @@ def test_second_cuda_device():
     y = fk.bilinear_upsample(x, scale_factor=2)
     assert y.device == x.device
     torch.testing.assert_close(y, F.interpolate(x, scale_factor=2, mode="bilinear"))
+
+
+def test_autocast_registered_in_cpp_for_direct_op_calls():
+    # torch.ops.fcn_kernels.conv_transpose2d_crop casts under autocast by itself (C++
+    # Autocast key), like F.conv_transpose2d: a float32 input and weight become bf16.
+    x, w = torch.randn(1, 3, 5, 5), torch.randn(3, 2, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.ops.fcn_kernels.conv_transpose2d_crop(
+            x, w, None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8])
+        ref = F.conv_transpose2d(x, w, stride=2)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    x64, w64 = x.bfloat16().double(), w.bfloat16().double()
+    _within_rounding(y, F.conv_transpose2d(x64, w64, stride=2)[..., 1:9, 1:9],
+                     F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:9, 1:9],
+                     torch.bfloat16)
+    # Outside autocast mixed dtypes are an error, not a silent cast.
+    with pytest.raises(TypeError, match="same dtype"):
+        torch.ops.fcn_kernels.conv_transpose2d_crop(
+            x, w.double(), None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8])
