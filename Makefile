@@ -14,7 +14,7 @@ BUILT   := $(VENV)/.ext-built
 EXT     := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 SO      := fcn_kernels/_C$(EXT)
 
-.PHONY: demo test bench build deps clean gpu-check sass
+.PHONY: demo test bench build deps clean gpu-check sass lint format
 demo: build
 	$(VENV)/bin/fcn demo $(ARGS)
 
@@ -34,6 +34,17 @@ gpu-check:
 # and on FP64/CALL instructions in float/half/bfloat16 kernels.
 sass: build
 	$(PY) -m benches.sass --check
+
+CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 build: deps
 	@if [ ! -f $(SO) ] || [ ! -f $(BUILT) ] || [ -n "$$(find $(SOURCES) -newer $(BUILT))" ]; then \
