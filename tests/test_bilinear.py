@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import DEVICES, TOL, assert_close
+from helpers import DEVICES, TOL, assert_close
 
 # (input shape, resize kwargs): up/down, odd/prime sizes, non-integer and per-axis
 # scales, 1x1 in and out, identity along one axis, and the scale-given-but-same-size
