@@ -9,15 +9,13 @@ dense learned ("general") weight; FCN-32s's upscore (k64 s32, 16x16 -> crop 19, 
 bilinear). Forward, backward, and forward + backward. `impl` pairs ours with the
 reference for the report.
 """
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
+from benches.conftest import DEVICES, HAS_CUDA, QUICK, run as timed_run
 
-QUICK = os.environ.get("FCN_BENCH_QUICK") == "1"
 C = 21
 # name: (input HxW, kernel, stride, offset, crop size, weight kind)
 SHAPES = {
@@ -33,7 +31,6 @@ if QUICK:
     SHAPES = {"upscore8-bilinear": (12, 16, 8, 31, 64, "bilinear"),
               "upscore2-general": (4, 4, 2, 0, 10, "general")}
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and fk.cuda_built() else [])
 DTYPES = [torch.float32, torch.bfloat16]
 BATCHES = [1] if QUICK else [1, 8]
 
@@ -57,26 +54,20 @@ def run(impl, x, w, kw):
     return F.conv_transpose2d(x, w, stride=kw["stride"])[..., oy:oy + h, ox:ox + w_]
 
 
-def timed(device, fn):
-    if device != "cuda":
-        return fn
-
-    def sync():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-    return sync
-
-
 def rounds(device, shape):
     return 20 if device == "cuda" or QUICK else (5 if shape[:8] in ("upscore8", "upscore3") else 30)
 
 
-@pytest.mark.parametrize("impl", ["ref", "ours"])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("device", DEVICES)
+def cases(test):
+    """The parameters of every timing test (applied in the order that names the tests)."""
+    test = pytest.mark.parametrize("device", DEVICES)(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))(test)
+    test = pytest.mark.parametrize("shape", list(SHAPES))(test)
+    test = pytest.mark.parametrize("batch", BATCHES)(test)
+    return pytest.mark.parametrize("impl", ["ref", "ours"])(test)
+
+
+@cases
 def test_forward(benchmark, device, dtype, shape, batch, impl):
     x, w, kw = make(shape, batch, device, dtype, False)
     benchmark.group = f"deconv-fwd-{device}-{dtype}-{shape}-b{batch}"
@@ -84,15 +75,10 @@ def test_forward(benchmark, device, dtype, shape, batch, impl):
     benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd",
                                 bytes=(x.numel() + w.numel() + out_elems) * x.element_size())
     with torch.no_grad():
-        benchmark.pedantic(timed(device, lambda: run(impl, x, w, kw)),
-                           rounds=rounds(device, shape), warmup_rounds=1)
+        timed_run(benchmark, lambda: run(impl, x, w, kw), device, rounds(device, shape))
 
 
-@pytest.mark.parametrize("impl", ["ref", "ours"])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("device", DEVICES)
+@cases
 def test_backward(benchmark, device, dtype, shape, batch, impl):
     x, w, kw = make(shape, batch, device, dtype, True)
     out = run(impl, x, w, kw)
@@ -101,15 +87,11 @@ def test_backward(benchmark, device, dtype, shape, batch, impl):
     benchmark.group = f"deconv-bwd-{device}-{dtype}-{shape}-b{batch}"
     benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="bwd",
                                 bytes=(out.numel() + sum(t.numel() for t in leaves)) * x.element_size())
-    benchmark.pedantic(timed(device, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)),
-                       rounds=rounds(device, shape), warmup_rounds=1)
+    timed_run(benchmark, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), device,
+              rounds(device, shape))
 
 
-@pytest.mark.parametrize("impl", ["ref", "ours"])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("device", DEVICES)
+@cases
 def test_forward_backward(benchmark, device, dtype, shape, batch, impl):
     """One training step's worth: forward, then the gradients of every learned operand."""
     x, w, kw = make(shape, batch, device, dtype, True)
@@ -117,11 +99,11 @@ def test_forward_backward(benchmark, device, dtype, shape, batch, impl):
     grad = torch.randn_like(run(impl, x.detach(), w.detach(), kw))
     benchmark.group = f"deconv-fwdbwd-{device}-{dtype}-{shape}-b{batch}"
     benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd+bwd")
-    benchmark.pedantic(timed(device, lambda: torch.autograd.grad(run(impl, x, w, kw), leaves, grad)),
-                       rounds=rounds(device, shape), warmup_rounds=1)
+    timed_run(benchmark, lambda: torch.autograd.grad(run(impl, x, w, kw), leaves, grad), device,
+              rounds(device, shape))
 
 
-@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA GPU")
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_peak_memory_cuda(shape):
     """Peak CUDA memory of one forward, ours vs the reference (printed for the report)."""

@@ -1,7 +1,7 @@
 // Autograd for every fcn_kernels op, in C++ (as torchvision's csrc/ops/autograd):
 // registered for the Autograd dispatch key, so a call costs a few microseconds of
-// bookkeeping instead of a Python autograd.Function round trip (which measured
-// ~25-70 us per call, more than the whole kernel on FCN's small layers).
+// bookkeeping instead of a Python autograd.Function round trip, which costs more than
+// the whole kernel on FCN's small layers (benches/RESULTS.md).
 //
 // Every op is linear in each tensor operand, and its partial derivatives are other ops
 // of this library (or the op itself), which have autograd too: double backward works.

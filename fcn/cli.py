@@ -36,7 +36,7 @@ def cmd_demo(args) -> int:
 
 # -- train ------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
     cfg = TrainConfig(
         arch=args.arch, backbone=args.backbone, upsample=args.upsample, staged=args.staged,
         init_from=args.init_from, pretrained=args.pretrained, data=args.data,
@@ -80,9 +80,8 @@ def cmd_eval(args) -> int:
 
 # -- predict ----------------------------------------------------------------------------
 def cmd_predict(args) -> int:
-    from .evaluate import resolve_device
     from .predict import predict_files
-    from .train import build_from_checkpoint
+    from .training import build_from_checkpoint, resolve_device
     dev = resolve_device(args.device)
     model, ck = build_from_checkpoint(args.checkpoint, args.arch, args.backbone,
                                       args.num_classes, args.upsample, dev)

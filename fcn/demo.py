@@ -7,33 +7,27 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from . import __version__
 from .data import SyntheticSegmentation, colorize, pad_collate
-from .train import TrainConfig, _atomic_write_text, segmentation_loss, train
-
-STAGES = ("fcn32s", "fcn16s", "fcn8s")
-SUMMARY = ("acc", "acc_cls", "mean_iu", "fwavacc")
+from .metrics import SUMMARY_METRICS as SUMMARY
+from .timing import time_calls
+from .training import STAGE_ORDER as STAGES
+from .training import TrainConfig, atomic_write_text, segmentation_loss, train
 
 
 def _time_step(model, x, y, repeat):
     """Median wall time of one SGD training step (forward, loss, backward, update)."""
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    times = []
-    for i in range(repeat + 1):
-        t0 = time.perf_counter()
+
+    def step():
         loss = segmentation_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # first step is a warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_calls(step, repeat, x.device))
 
 
 def _agreement(model, x):
@@ -132,14 +126,14 @@ def run_demo(out="out/demo", steps=600, size=64, num_train=256, num_val=64, batc
     learning_curves({a: results[a]["history"] for a in STAGES}).save(curves_path)
     record = {arch: dict(metrics[arch]) for arch in STAGES}
     json_path = os.path.join(out, "metrics.json")
-    _atomic_write_text(json_path, json.dumps(record, indent=1))
+    atomic_write_text(json_path, json.dumps(record, indent=1))
     details = {"seed": seed, "data_seed": data_seed, "steps_per_stage": steps, "size": size,
                "num_train": num_train, "num_val": num_val, "batch_size": batch_size,
                "lr": cfg.effective_lr, "momentum": cfg.effective_momentum,
                "per_class_iu": per_class, "class_names": names,
                "step_time_s": timing, "fused_vs_aten_max_rel_diff": agree,
                "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start}
-    _atomic_write_text(os.path.join(out, "details.json"), json.dumps(details, indent=1))
+    atomic_write_text(os.path.join(out, "details.json"), json.dumps(details, indent=1))
     lines.append(f"\nwrote {pic_path} (input | truth | FCN-32s | FCN-16s | FCN-8s), {curves_path}, "
                  f"{json_path}; checkpoints in {cfg.out}")
     lines.append(f"total time {time.perf_counter() - t_start:.0f}s (training {train_time:.0f}s)")

@@ -3,22 +3,11 @@ import json
 import math
 import os
 
-import torch
-
 from . import metrics as M
 from .data import build_dataset
-from .train import _atomic_write_text, _jsonable_metrics, build_from_checkpoint, evaluate
+from .training import atomic_write_text, build_from_checkpoint, evaluate, resolve_device
 
-__all__ = ["evaluate_checkpoint", "resolve_device"]
-
-
-def resolve_device(device="auto"):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    return dev
+__all__ = ["evaluate_checkpoint", "write_scores_json"]
 
 
 def _data_args(ck, data, split, size, num_images, data_seed, norm, num_classes):
@@ -52,7 +41,7 @@ def evaluate_checkpoint(checkpoint, data=None, split="val", size=None, num_image
 
 
 def write_scores_json(path, s):
-    out = _jsonable_metrics(s)
+    out = M.jsonable_scores(s)
     out["iu"] = [None if math.isnan(v) else v for v in out["iu"]]
-    _atomic_write_text(path, json.dumps(out, indent=1))
+    atomic_write_text(path, json.dumps(out, indent=1))
     return os.path.abspath(path)

@@ -19,7 +19,12 @@ import math
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "scores", "format_scores"]
+__all__ = ["confusion_matrix", "scores", "format_scores", "jsonable_scores", "SUMMARY_METRICS",
+           "METRICS"]
+
+# The summary metrics of `scores`, in table order; METRICS adds the per-class IoU.
+SUMMARY_METRICS = ("acc", "acc_cls", "mean_iu", "fwavacc")
+METRICS = SUMMARY_METRICS + ("iu",)
 
 
 def _to_numpy(a, name):
@@ -77,7 +82,7 @@ def scores(hist):
         acc_per_class = np.where(truth > 0, tp / np.where(truth > 0, truth, 1), np.nan)
     if total == 0:
         nan = float("nan")
-        return {"acc": nan, "acc_cls": nan, "mean_iu": nan, "fwavacc": nan, "iu": iu}
+        return dict.fromkeys(SUMMARY_METRICS, nan) | {"iu": iu}
     freq = truth / total
     present = truth > 0
     return {
@@ -95,7 +100,7 @@ def format_scores(s, class_names=None, title=None):
     if title:
         lines.append(title)
     lines.append(f"{'pixel acc':>10s} {'mean acc':>10s} {'mean IoU':>10s} {'fw IoU':>10s}")
-    lines.append(" ".join(f"{100 * s[k]:9.2f}%" for k in ("acc", "acc_cls", "mean_iu", "fwavacc")))
+    lines.append(" ".join(f"{100 * s[k]:9.2f}%" for k in SUMMARY_METRICS))
     iu = s.get("iu")
     if iu is not None and len(iu):
         names = list(class_names) if class_names else [str(i) for i in range(len(iu))]
@@ -105,3 +110,10 @@ def format_scores(s, class_names=None, title=None):
         for name, v in zip(names, iu):
             lines.append(f"{name:{width}s}  " + ("    n/a" if math.isnan(v) else f"{100 * v:6.2f}%"))
     return "\n".join(lines)
+
+
+def jsonable_scores(s):
+    """`scores(...)` as plain floats and a list (for JSON)."""
+    out = {k: float(s[k]) for k in SUMMARY_METRICS}
+    out["iu"] = [float(v) for v in s["iu"]]
+    return out

@@ -7,6 +7,7 @@ kernels and autograd, so they work with torch.compile and torch.export.
 import torch  # noqa: F401  (must be imported before the extension loads)
 
 from . import _C  # noqa: F401  (registers the operators)
+from ._common import deconv_full_size
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop
 from .unpool import max_unpool2d
@@ -21,4 +22,5 @@ def cuda_built() -> bool:
         "fcn_kernels::bilinear_upsample", "CUDA")
 
 
-__all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel", "nn", "cuda_built", "__version__"]
+__all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel",
+           "deconv_full_size", "nn", "cuda_built", "__version__"]

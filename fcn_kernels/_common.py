@@ -58,3 +58,9 @@ def empty_like_layout(like: torch.Tensor, shape) -> torch.Tensor:
     """An empty tensor of `shape` in the layout the kernels use for `like` (fake kernels)."""
     fmt = torch.channels_last if is_channels_last(like) else torch.contiguous_format
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def deconv_full_size(n, kernel_size, stride=1, padding=0, dilation=1, output_padding=0):
+    """Length of a transposed convolution's full (uncropped) output along one axis, for
+    an input of length `n` (csrc/deconv/args.h deconv_full_size, the same formula)."""
+    return (n - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1

@@ -5,6 +5,7 @@ import numbers
 import torch
 
 from ._common import check_tensor4d, empty_like_layout, pair
+from ._common import deconv_full_size as _full_size
 
 _ops = torch.ops.fcn_kernels
 
@@ -18,10 +19,6 @@ def _ints(value, name, minimum):
             what = "positive" if minimum == 1 else f">= {minimum}"
             raise ValueError(f"{name} must be {what}, got {value!r}")
     return tuple(v)
-
-
-def _full_size(n, k, s, p, d, op):
-    return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
 def _autocast(x, weight, bias):

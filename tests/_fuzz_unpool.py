@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from test_unpool import to_layout
+from helpers import to_layout
 
 
 def draw_unpool(rng):

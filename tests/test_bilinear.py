@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import TOL, assert_close
+from helpers import TOL, assert_close
 from fcn_kernels.testing import emulated_cuda, index32_limit
 
 # (input shape, resize kwargs): up/down, odd/prime sizes, non-integer and per-axis

@@ -111,7 +111,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, trained):
 
 
 def test_train_on_voc_folder_and_eval(tmp_path, capsys):
-    from test_data import make_voc
+    from helpers import make_voc
     make_voc(tmp_path / "voc", {"train": ["a", "b"], "val": ["c"]}, size=(24, 28))
     out = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "voc"), "--arch", "fcn32s", "--epochs", "1",

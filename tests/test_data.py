@@ -6,6 +6,7 @@ from PIL import Image
 
 from fcn.data import (DataError, Normalize, SyntheticSegmentation, VOCSegmentation, build_dataset,
                       pad_collate, read_label, voc_palette, write_label)
+from helpers import make_voc
 
 
 def test_synthetic_deterministic_and_varied():
@@ -73,31 +74,6 @@ def test_voc_palette_known_colours():
     assert tuple(pal[2]) == (0, 128, 0)
     assert tuple(pal[15]) == (192, 128, 128)   # person
     assert tuple(pal[255]) == (224, 224, 192)  # void
-
-
-def make_voc(root, ids_by_split, size=(20, 30), num_classes=21, seed=0):
-    """A small VOC-layout folder written with PIL directly."""
-    rng = np.random.default_rng(seed)
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    pal = [0] * 768
-    for i, (r, g, b) in enumerate([(0, 0, 0), (128, 0, 0), (0, 128, 0)]):
-        pal[3 * i:3 * i + 3] = [r, g, b]
-    pal[765:768] = [224, 224, 192]
-    labels = {}
-    for split, ids in ids_by_split.items():
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for i in ids:
-            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
-                root / "JPEGImages" / f"{i}.jpg")
-            lab = rng.integers(0, 3, size).astype(np.uint8)
-            lab[0, :] = 255
-            im = Image.fromarray(lab, mode="P")
-            im.putpalette(pal)
-            im.save(root / "SegmentationClass" / f"{i}.png")
-            labels[i] = lab
-    return labels
 
 
 def test_voc_loader(tmp_path):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import fcn_kernels as fk
 from fcn_kernels.nn import ConvTranspose2dCrop
 
-from conftest import HAS_CUDA, assert_close
+from helpers import HAS_CUDA, assert_close
 
 OPS = torch.ops.fcn_kernels
 
@@ -59,6 +59,15 @@ def test_bilinear_kernel_errors():
         fk.bilinear_kernel(3, 2.5)
 
 
+def test_deconv_full_size_is_atens_output_size():
+    for n, k, s, p, d, op in [(5, 4, 2, 0, 1, 0), (7, 3, 3, 2, 2, 1), (1, 64, 32, 0, 1, 0),
+                              (4, 5, 1, 1, 3, 0), (3, 2, 4, 1, 1, 3)]:
+        y = F.conv_transpose2d(torch.zeros(1, 1, n, n), torch.zeros(1, 1, k, k), stride=s,
+                               padding=p, dilation=d, output_padding=op)
+        assert fk.deconv_full_size(n, k, s, p, d, op) == y.shape[-1]
+    assert fk.deconv_full_size(5, 4, 2) == 12  # no padding, dilation 1, output_padding 0
+
+
 # ---- FCN's three deconvolutions (reduced channels/sizes, real geometry) -------------
 
 FCN = {  # name: (input HxW, kernel, stride, offset, crop size)
@@ -98,8 +107,7 @@ def random_configs(n, seed):
         p = (rng.randint(0, 2), rng.randint(0, 2))
         op = tuple(rng.randint(0, max(a, b) - 1) for a, b in zip(s, d))
         hw = (rng.randint(1, 6), rng.randint(1, 7))
-        full = [(i - 1) * ss - 2 * pp + dd * (kk - 1) + oo + 1
-                for i, ss, pp, dd, kk, oo in zip(hw, s, p, d, k, op)]
+        full = [fk.deconv_full_size(*a) for a in zip(hw, k, s, p, d, op)]
         if min(full) <= 0:
             continue
         off = tuple(rng.randint(0, f - 1) for f in full)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fcn_kernels as fk
 
-from conftest import assert_close
+from helpers import assert_close
 
 # (N, Cin, Cout/groups, groups, H, W, kernel, stride, padding, dilation, output_padding,
 #  offset, size)

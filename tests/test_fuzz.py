@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import TOL
+from helpers import TOL
 
 CASES = int(os.environ.get("FCN_FUZZ_CASES", "60"))
 SEED = int(os.environ.get("FCN_FUZZ_SEED", "0"))
@@ -74,11 +74,10 @@ def draw_deconv(rng):
     p = (rng.randint(0, 2), rng.randint(0, 2))
     op = tuple(rng.randint(0, max(si, di) - 1) for si, di in zip(s, d))
     hw = (rng.randint(1, 9), rng.randint(1, 9))
-    full = [(i - 1) * si - 2 * pi + di * (ki - 1) + opi + 1
-            for i, si, pi, di, ki, opi in zip(hw, s, p, d, k, op)]
+    full = [fk.deconv_full_size(*a) for a in zip(hw, k, s, p, d, op)]
     if min(full) < 1:
         p = (0, 0)
-        full = [(i - 1) * si + di * (ki - 1) + opi + 1 for i, si, di, ki, opi in zip(hw, s, d, k, op)]
+        full = [fk.deconv_full_size(*a) for a in zip(hw, k, s, p, d, op)]
     off = tuple(rng.randint(0, f - 1) for f in full)
     size = tuple(rng.randint(1, f - o) for f, o in zip(full, off))
     return dict(n=rng.choice([0, 1, 2]), cin=cin, cout_g=cout_g, groups=groups, diag=diag,

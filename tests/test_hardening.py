@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import DEVICES, requires_cuda
+from helpers import DEVICES, requires_cuda
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

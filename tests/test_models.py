@@ -4,17 +4,15 @@ conversion, upsampling variants, fused == aten, torch.compile, ONNX, errors.
 References are written independently here: the classic port's layout (wkentaro/
 pytorch-fcn: module names, hard-coded crop offsets, crop *after* the 1x1 score convs),
 torchvision's Linear fc6, the deconvolution a bilinear interpolation must equal.
-Tests of the fused path need fcn_kernels operators that other branches add; they skip
-(naming the missing operator) until those are merged.
 """
 import copy
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fcn_kernels as fk
 from fcn.models import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, FCNUnpool, MODELS, build_model,
                         bilinear_kernel, extract_state_dict, load_backbone_weights,
                         load_checkpoint)
@@ -30,12 +28,6 @@ def assert_close_scaled(actual, expected, msg=None):
     magnitude of the tensor (gradients sum many terms that partly cancel)."""
     scale = max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual, expected, atol=1e-5 * scale, rtol=1e-4, msg=msg)
-
-
-def fused(kind):
-    op = up.FUSED_OPS[kind]
-    return pytest.mark.skipif(not up.fused_available(kind),
-                              reason=f"fcn_kernels.{op} not in this build (added by another branch)")
 
 
 def randomize_(model, seed=0):
@@ -203,14 +195,6 @@ def test_bilinear_kernel_values():
     # x32 kernel: interior of the upsampled constant map is the constant
     y = F.conv_transpose2d(torch.ones(1, 1, 4, 4), bilinear_kernel(1, 64), stride=32)
     torch.testing.assert_close(y[0, 0, 32:-32, 32:-32], torch.ones(y.shape[2] - 64, y.shape[3] - 64))
-
-
-def test_bilinear_kernel_matches_fcn_kernels():
-    fk = pytest.importorskip("fcn_kernels")
-    if not hasattr(fk, "bilinear_kernel"):
-        pytest.skip("fcn_kernels.bilinear_kernel not in this build (added by another branch)")
-    for c, k in [(3, 4), (21, 16), (2, 63), (1, 1)]:
-        torch.testing.assert_close(bilinear_kernel(c, k), fk.bilinear_kernel(c, k).float())
 
 
 @pytest.mark.parametrize("arch", FCN_ARCHS)
@@ -441,7 +425,7 @@ def test_copy_params_from_staged():
                                      (63, 32, 18), (63, 32, 98), (4, 2, 5)])
 def test_bilinear_crop_equals_bilinear_deconv_inside(k, s, off):
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
-    full = [(n - 1) * s + k for n in x.shape[2:]]
+    full = [fk.deconv_full_size(n, k, s) for n in x.shape[2:]]
     size = (full[0] - off - 1, full[1] - off)
     ref = F.conv_transpose2d(x, bilinear_kernel(3, k, torch.float64), stride=s)
     ref = ref[:, :, off:off + size[0], off:off + size[1]]
@@ -537,7 +521,6 @@ def _compare_fused_aten(model, x, train):
         assert_close_scaled(pf[n], pa[n], msg=n)
 
 
-@fused("deconv")
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("arch", FCN_ARCHS)
 def test_fused_equals_aten_deconv(arch, train):
@@ -545,7 +528,6 @@ def test_fused_equals_aten_deconv(arch, train):
     _compare_fused_aten(model, torch.randn(2, 3, 21, 30), train)
 
 
-@fused("bilinear")
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("arch", FCN_ARCHS)
 def test_fused_equals_aten_bilinear_upscore(arch, train):
@@ -553,14 +535,12 @@ def test_fused_equals_aten_bilinear_upscore(arch, train):
     _compare_fused_aten(model, torch.randn(2, 3, 21, 30), train)
 
 
-@fused("unpool")
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_fused_equals_aten_unpool(train):
     model = tiny("unpool", n=4)
     _compare_fused_aten(model, torch.randn(2, 3, 21, 30), train)
 
 
-@fused("deconv")
 @pytest.mark.parametrize("backbone", ["alexnet", "googlenet"])
 def test_fused_equals_aten_other_backbones(backbone):
     model = FCN32s(num_classes=3, backbone=backbone, upsample="aten")
@@ -568,7 +548,6 @@ def test_fused_equals_aten_other_backbones(backbone):
     _compare_fused_aten(model, torch.randn(1, 3, 13, 18), train=True)
 
 
-@fused("deconv")
 def test_fused_vgg16_matches_classic(vgg_pair):
     ref, ours = vgg_pair
     ours.load_state_dict(ref.state_dict())
@@ -581,21 +560,8 @@ def test_fused_vgg16_matches_classic(vgg_pair):
         ours.set_upsample("aten")
 
 
-@fused("deconv")
 def test_fused_is_default():
     assert FCN8s(num_classes=2, backbone="tiny").upscore8.upsample == "fused"
-
-
-def test_fused_unavailable_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(up, "_fk", types.SimpleNamespace(bilinear_upsample=None))
-    with pytest.raises(RuntimeError, match="conv_transpose2d_crop.*upsample='aten'"):
-        FCN8s(num_classes=2, backbone="tiny", upsample="fused")
-    with pytest.raises(RuntimeError, match="max_unpool2d"):
-        FCNUnpool(num_classes=2, backbone="tiny", upsample="fused")
-    model = tiny("fcn32s")
-    with pytest.raises(RuntimeError, match="conv_transpose2d_crop"):
-        model.set_upsample("fused")
-    assert model.upscore.upsample == "aten"
 
 
 # ---------------------------------------------------------------------------------------
@@ -611,7 +577,6 @@ def test_torch_compile_fullgraph_all_archs():
             torch.testing.assert_close(compiled(x), model(x), **TOL)
 
 
-@fused("deconv")
 def test_torch_compile_fused_fullgraph():
     torch._dynamo.reset()
     model = randomize_(tiny("fcn8s", n=3), seed=2).eval().set_upsample("fused")

@@ -1,4 +1,4 @@
-"""fcn.train: loss, checkpoints (atomic, resume == uninterrupted), staged training, DDP."""
+"""fcn.training: loss, checkpoints (atomic, resume == uninterrupted), staged training, DDP."""
 import json
 import os
 import socket
@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fcn.train as T
-from fcn.train import TrainConfig, load_training_checkpoint, save_checkpoint, segmentation_loss, train
+import fcn.training as T
+import fcn.training.loop
+from fcn.training import TrainConfig, load_training_checkpoint, save_checkpoint, segmentation_loss, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="tiny", size=24, num_train=8, num_val=2, batch_size=4, quiet=True)
@@ -119,7 +120,7 @@ def test_staged_resume_after_crash_in_second_stage(tmp_path, monkeypatch):
         if len(calls) == 3:  # 1 epoch x 2 steps of fcn32s, then boom
             raise RuntimeError("power cut (simulated)")
         return real_loss(*a, **k)
-    monkeypatch.setattr(T, "segmentation_loss", flaky)
+    monkeypatch.setattr(fcn.training.loop, "segmentation_loss", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
         train(TrainConfig(out=str(tmp_path / "b"), **cfg))
     monkeypatch.undo()

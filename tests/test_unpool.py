@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from conftest import gpu_code, requires_cuda
+from helpers import gpu_code, requires_cuda, to_layout
 from fcn_kernels._common import is_channels_last
 
 ops = torch.ops.fcn_kernels
@@ -48,16 +48,6 @@ def reference(x, indices, out_hw):
     winner = torch.full((n, c, plane), -1).scatter_reduce(2, ind, pos, reduce="amax")
     vals = x.reshape(n, c, -1).gather(2, winner.clamp(min=0))
     return torch.where(winner >= 0, vals, torch.zeros((), dtype=x.dtype)).view(n, c, *out_hw)
-
-
-def to_layout(t, layout):
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "noncontig":  # a strided view: every other column of a wider tensor
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    return t.contiguous()
 
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]

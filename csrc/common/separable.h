@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/isa.h"
+#include "common/parallel.h"
 
 namespace fcn_kernels {
 
@@ -41,24 +42,16 @@ struct Csr {
   }
 };
 
-// f(std::true_type) for NCHW rows (V == 1), f(std::false_type) otherwise, so that the
-// row loops drop their channel loop for NCHW.
-template <typename F>
-void with_planar(int64_t V, F&& f) {
-  if (V == 1) f(std::true_type{}); else f(std::false_type{});
-}
-
 namespace sep {
 
-// r[dw, :] = sum_k mw(dw, k) * s[mw.index[k], :], V channels per column (V == 1 for
-// NCHW: Planar = std::true_type lets the compiler drop the channel loop).
-template <typename scalar_t, typename Planar>
+// r[dw, :] = sum_k mw(dw, k) * s[mw.index[k], :], V channels per column (Vec: see
+// with_vec in common/parallel.h).
+template <typename scalar_t, typename Vec>
 FK_INLINE void hpass(const scalar_t* __restrict__ s, at::opmath_type<scalar_t>* __restrict__ r,
-                     int64_t DW, int64_t V_, const int64_t* __restrict__ start,
+                     int64_t DW, Vec V, const int64_t* __restrict__ start,
                      const int64_t* __restrict__ idx,
                      const at::opmath_type<scalar_t>* __restrict__ wt, bool two_taps) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t V = Planar::value ? 1 : V_;
   if (two_taps) {
     for (int64_t dw = 0; dw < DW; ++dw) {
       const scalar_t* a = s + idx[2 * dw] * V;
@@ -117,20 +110,15 @@ FK_MULTI_ISA(store)
 // For a block of destination rows, first apply mw to the source rows the block reads
 // (into float row buffers, each source row once), then blend those rows with mh. Both
 // passes walk contiguous memory.
-template <typename scalar_t, bool kPlanar>
+template <typename scalar_t, typename Vec>
 void separable_apply(const scalar_t* src, scalar_t* dst, int64_t P, int64_t SH, int64_t SW,
-                     int64_t DH, int64_t DW, int64_t V_,
-                     const Csr<at::opmath_type<scalar_t>>& mh,
+                     int64_t DH, int64_t DW, Vec V, const Csr<at::opmath_type<scalar_t>>& mh,
                      const Csr<at::opmath_type<scalar_t>>& mw) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t V = kPlanar ? 1 : V_;
   const int64_t src_row = SW * V, dst_row = DW * V;
-  // ~64k destination elements per task, but enough tasks for every thread.
-  int64_t rows_per_task = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, dst_row));
-  const int64_t want_tasks = 4 * at::get_num_threads();
-  if (P * ((DH + rows_per_task - 1) / rows_per_task) < want_tasks) {
-    rows_per_task = std::max<int64_t>(1, (P * DH) / want_tasks);
-  }
+  // Chunks of destination rows (common/parallel.h): a destination element is about one
+  // unit, a blend of rows whose horizontal pass the chunk computes once.
+  const int64_t rows_per_task = items_per_chunk(P, DH, dst_row);
   const int64_t chunks = (DH + rows_per_task - 1) / rows_per_task;
   at::parallel_for(0, P * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> rows, acc(dst_row);
@@ -153,8 +141,8 @@ void separable_apply(const scalar_t* src, scalar_t* dst, int64_t P, int64_t SH, 
       auto hrow = [&](int64_t sh) -> const acc_t* {
         acc_t* r = rows.data() + (sh - s_lo) * dst_row;
         if (!done[sh - s_lo]) {
-          sep::hpass_isa<scalar_t, std::integral_constant<bool, kPlanar>>(sp + sh * src_row, r, DW, V, mw.start.data(),
-                                            mw.index.data(), mw.weight.data(), mw.two_taps);
+          sep::hpass_isa<scalar_t, Vec>(sp + sh * src_row, r, DW, V, mw.start.data(), mw.index.data(),
+                                        mw.weight.data(), mw.two_taps);
           done[sh - s_lo] = 1;
         }
         return r;
@@ -184,10 +172,10 @@ template <typename scalar_t>
 void separable_apply(const at::Tensor& src, at::Tensor& dst, int64_t P, int64_t V,
                      const Csr<at::opmath_type<scalar_t>>& mh,
                      const Csr<at::opmath_type<scalar_t>>& mw) {
-  with_planar(V, [&](auto planar) {
-    separable_apply<scalar_t, decltype(planar)::value>(
-        src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), P, src.size(2),
-        src.size(3), dst.size(2), dst.size(3), V, mh, mw);
+  with_vec(V, [&](auto vec) {
+    separable_apply<scalar_t, decltype(vec)>(src.const_data_ptr<scalar_t>(),
+                                             dst.mutable_data_ptr<scalar_t>(), P, src.size(2),
+                                             src.size(3), dst.size(2), dst.size(3), vec, mh, mw);
   });
 }
 

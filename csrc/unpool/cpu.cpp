@@ -28,6 +28,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/parallel.h"
 #include "unpool/args.h"
 
 namespace fcn_kernels {
@@ -48,23 +49,6 @@ inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t
   return (acc >> 63) == 0;
 }
 
-// at::parallel_for grain for loops over rows of `row_elems` elements: ~32k elements
-// per task.
-inline int64_t row_grain(int64_t row_elems) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_elems));
-}
-
-// Calls f(std::integral_constant<int64_t, 1>) for NCHW, f(int64_t V) otherwise, so the
-// innermost channel loop disappears for NCHW.
-template <typename F>
-void with_vec(int64_t V, F&& f) {
-  if (V == 1) {
-    f(std::integral_constant<int64_t, 1>{});
-  } else {
-    f(V);
-  }
-}
-
 // y[i * V + c] = x[w * V + c] for i = ind[w * V + c], w < n, c < cn, in order (the
 // indices already checked).
 template <typename T, typename Cn, typename Vs>
@@ -83,7 +67,7 @@ bool forward_rows(const T* x, const int64_t* ind, T* y, const UnpoolProblem& u, 
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, OH = u.OH, OW = u.OW;
   with_vec(u.V, [&](auto V) {
-    at::parallel_for(0, u.P * IH, row_grain(OW * V * sh), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, u.P * IH, grain(OW * V * sh), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end && ok.load(std::memory_order_relaxed); ++r) {
         const int64_t h = r % IH;
         const int64_t b0 = unpool_block_begin(h, IH, OH, sh, ph);
@@ -110,7 +94,7 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
   const int64_t in_plane = u.IH * u.IW, out_plane = u.OH * u.OW, V = u.V;
   const int64_t nb = std::clamp<int64_t>(at::get_num_threads() / u.P, 1, (V + 15) / 16);
   const int64_t CB = (V + nb - 1) / nb;
-  at::parallel_for(0, u.P * nb, row_grain(out_plane * CB), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, u.P * nb, grain(out_plane * CB), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end && ok.load(std::memory_order_relaxed); ++t) {
       const int64_t p = t / nb, c0 = (t % nb) * CB, c1 = std::min(c0 + CB, V);
       T* yp = y + p * out_plane * V;
@@ -143,7 +127,7 @@ bool forward_general(const T* x, const int64_t* ind, T* y, const UnpoolProblem& 
 //   buffers the loads need;
 // * when grad_output rows are >= 256 bytes, a software prefetch of grad_output running
 //   8 KiB ahead. A window's rows are then far apart and its loads alternate between
-//   them, which the hardware prefetchers (measured on Zen 4) follow poorly; with shorter
+//   them, which hardware prefetchers can follow poorly (benches/RESULTS.md); with shorter
 //   rows they do, and the software prefetches only cost time.
 // Streaming stores: x86-64 (movnti, SSE2), 4- and 8-byte elements. A task ends with a
 // store fence (stream_fence) so that its values are visible to other threads.
@@ -229,7 +213,7 @@ bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem&
                      Stream st, bool prefetch) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
-  at::parallel_for(0, u.P * IH, row_grain(IW * V), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, u.P * IH, grain(IW * V), [&](int64_t begin, int64_t end) {
     Prefetcher pf{reinterpret_cast<const char*>(g + begin / IH * plane * V),
                   reinterpret_cast<const char*>(g + ((end - 1) / IH + 1) * plane * V)};
     for (int64_t r = begin; r < end;) {
@@ -280,7 +264,7 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
     // channels_last is already far ahead of ATen).
     if constexpr (kCanStream && sizeof(T) >= 4) {
       if (u.V == 1 && u.out.nbytes() >= kStreamBytes) {
-        ok = backward_gather(g, ind, gx, u, std::integral_constant<int64_t, 1>{},
+        ok = backward_gather(g, ind, gx, u, kPlanarVec,
                              std::true_type{}, u.OW * int64_t(sizeof(T)) >= kPrefetchRowBytes);
         return;
       }

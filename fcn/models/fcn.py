@@ -39,7 +39,7 @@ class _FCN(nn.Module):
         self.backbone = backbone
         self.upscore_kind = upscore
         self.fixed_final_upsample = fixed_final_upsample
-        self.upsample = up.check_mode(upsample, (self._op_kind(),))
+        self.upsample = up.check_mode(upsample)
         self._layer_names = list(spec.layers)
         self._skip_layers = {spec.skips[s][0]: s for s in self.skip_names}
         for name, m in spec.layers.items():
@@ -51,9 +51,6 @@ class _FCN(nn.Module):
             load_backbone_weights(self, pretrained)
 
     # -- construction ------------------------------------------------------
-    def _op_kind(self):
-        return "deconv" if self.upscore_kind == "deconv" else "bilinear"
-
     def _upscore(self, k, s, offset):
         n = self.num_classes
         if self.upscore_kind == "deconv":
@@ -110,7 +107,7 @@ class _FCN(nn.Module):
     # -- switches ----------------------------------------------------------
     def set_upsample(self, mode):
         """Switch every upsampling/crop between "fused" (fcn_kernels) and "aten"."""
-        self.upsample = up.check_mode(mode, (self._op_kind(),))
+        self.upsample = up.check_mode(mode)
         for m in self.modules():
             if isinstance(m, (up.UpscoreCrop, up.BilinearCrop)):
                 m.upsample = mode

@@ -28,7 +28,7 @@ class FCNUnpool(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.backbone = backbone
-        self.upsample = up.check_mode(upsample, ("unpool",))
+        self.upsample = up.check_mode(upsample)
         spec = build_backbone(backbone, first_padding=1, with_fc=False)
         self._layer_names = list(spec.layers)
         for name, m in spec.layers.items():
@@ -54,7 +54,7 @@ class FCNUnpool(nn.Module):
             load_backbone_weights(self, pretrained)
 
     def set_upsample(self, mode):
-        self.upsample = up.check_mode(mode, ("unpool",))
+        self.upsample = up.check_mode(mode)
         return self
 
     def forward(self, x):

@@ -3,78 +3,27 @@
 Each function takes ``mode``: ``"fused"`` runs the ``fcn_kernels`` operators,
 ``"aten"`` the plain ATen composition they replace (``F.conv_transpose2d`` + slicing,
 ``F.interpolate``, ``F.max_unpool2d``). The two give equal results to rounding, so a
-model can switch with ``model.set_upsample(...)``. The ATen path never imports
-``fcn_kernels``.
+model can switch with ``model.set_upsample(...)``.
 """
-import importlib
 from fractions import Fraction
 
+import fcn_kernels as fk
 import torch
 import torch.nn.functional as F
+from fcn_kernels import bilinear_kernel, deconv_full_size
 from torch import nn
+
+__all__ = ["MODES", "check_mode", "bilinear_kernel", "crop", "conv_transpose_crop", "interpolate",
+           "bilinear_crop", "max_unpool", "UpscoreCrop", "BilinearCrop"]
 
 MODES = ("fused", "aten")
 
-# The fcn_kernels function each upsampling kind needs on the fused path.
-FUSED_OPS = {
-    "deconv": "conv_transpose2d_crop",
-    "bilinear": "bilinear_upsample",
-    "unpool": "max_unpool2d",
-}
 
-_fk = None
-
-
-def _fcn_kernels():
-    global _fk
-    if _fk is None:
-        _fk = importlib.import_module("fcn_kernels")
-    return _fk
-
-
-def fused_available(kind: str) -> bool:
-    """True when fcn_kernels imports and provides the operator for `kind`."""
-    try:
-        fk = _fcn_kernels()
-    except ImportError:
-        return False
-    return hasattr(fk, FUSED_OPS[kind])
-
-
-def check_mode(mode, kinds=()) -> str:
-    """Validate an ``upsample=`` argument; for "fused", check the operators `kinds` need."""
+def check_mode(mode) -> str:
+    """Validate an ``upsample=`` argument."""
     if mode not in MODES:
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
-    if mode == "fused":
-        try:
-            fk = _fcn_kernels()
-        except ImportError as e:
-            raise RuntimeError(
-                f"upsample='fused' needs the fcn_kernels extension, which does not import ({e}); "
-                "build it or pass upsample='aten'") from e
-        missing = [FUSED_OPS[k] for k in kinds if not hasattr(fk, FUSED_OPS[k])]
-        if missing:
-            raise RuntimeError(
-                f"upsample='fused' needs fcn_kernels.{', fcn_kernels.'.join(missing)}, which this "
-                "fcn_kernels build does not provide; pass upsample='aten'")
     return mode
-
-
-def bilinear_kernel(channels: int, kernel_size: int, dtype=torch.float32) -> torch.Tensor:
-    """FCN's bilinear deconvolution weight, shape (channels, channels, k, k): the 2-D
-    bilinear filter on the channel diagonal, zeros elsewhere (same rule as the classic
-    port and ``fcn_kernels.bilinear_kernel``)."""
-    if channels <= 0 or kernel_size <= 0:
-        raise ValueError(f"channels and kernel_size must be positive, got {channels}, {kernel_size}")
-    factor = (kernel_size + 1) // 2
-    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
-    og = torch.arange(kernel_size, dtype=torch.float64)
-    f1 = 1 - (og - center).abs() / factor
-    filt = torch.outer(f1, f1)
-    w = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=torch.float64)
-    idx = torch.arange(channels)
-    w[idx, idx] = filt
-    return w.to(dtype)
 
 
 def _pair(v):
@@ -103,13 +52,13 @@ def conv_transpose_crop(x, weight, bias=None, stride=1, offset=0, size=None, mod
     stride = _pair(stride)
     offset = _pair(offset)
     k = weight.shape[2:]
-    full = tuple((n - 1) * s + kk for n, s, kk in zip(x.shape[2:], stride, k))
+    full = tuple(deconv_full_size(n, kk, s) for n, s, kk in zip(x.shape[2:], stride, k))
     if size is None:
         size = tuple(n - o for n, o in zip(full, offset))
     size = _pair(size)
     _check_window("conv_transpose_crop", full, offset, size)
     if mode == "fused":
-        return _fcn_kernels().conv_transpose2d_crop(
+        return fk.conv_transpose2d_crop(
             x, weight, bias, stride=stride, offset=offset, size=size)
     if mode != "aten":
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
@@ -120,7 +69,7 @@ def conv_transpose_crop(x, weight, bias=None, stride=1, offset=0, size=None, mod
 def interpolate(x, size=None, scale_factor=None, align_corners=False, mode="fused"):
     """``F.interpolate(x, size, scale_factor, mode="bilinear", align_corners=...)``."""
     if mode == "fused":
-        return _fcn_kernels().bilinear_upsample(x, size, scale_factor, align_corners)
+        return fk.bilinear_upsample(x, size, scale_factor, align_corners)
     if mode != "aten":
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear",
@@ -138,7 +87,7 @@ def bilinear_crop(x, kernel_size, stride, offset=0, size=None, mode="fused"):
     offset = _pair(offset)
     n = tuple(x.shape[2:])
     if size is None:
-        size = tuple((nn_ - 1) * ss + kk - o for nn_, ss, kk, o in zip(n, s, k, offset))
+        size = tuple(deconv_full_size(nn_, kk, ss) - o for nn_, ss, kk, o in zip(n, s, k, offset))
     size = _pair(size)
     if k[0] % 2 != k[1] % 2:
         raise ValueError(f"kernel_size {k} must have the same parity on both axes")
@@ -182,7 +131,7 @@ def bilinear_crop(x, kernel_size, stride, offset=0, size=None, mode="fused"):
 def max_unpool(x, indices, kernel_size, stride=None, padding=0, output_size=None, mode="fused"):
     """``F.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)``."""
     if mode == "fused":
-        return _fcn_kernels().max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
+        return fk.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
     if mode != "aten":
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
     return F.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
