@@ -10,6 +10,7 @@ from . import _C  # noqa: F401  (registers the operators)
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop
 from .unpool import max_unpool2d
+from .fuse import fuse
 from . import nn
 
 __version__ = "0.1.0"
@@ -21,4 +22,4 @@ def cuda_built() -> bool:
         "fcn_kernels::bilinear_upsample", "CUDA")
 
 
-__all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel", "nn", "cuda_built", "__version__"]
+__all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel", "fuse", "nn", "cuda_built", "__version__"]
