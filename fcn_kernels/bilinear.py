@@ -52,7 +52,8 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
         scales = pair(scale_factor, "scale_factor", numbers.Real)
         check_finite_positive(scales, "scale_factor")
         scales = tuple(float(s) for s in scales)
-        out = tuple(math.floor(float(n) * s) for n, s in zip(x.shape[2:], scales))
+        # (n * s, not float(n) * s: a symbolic size stays symbolic under torch.export)
+        out = tuple(math.floor(n * s) for n, s in zip(x.shape[2:], scales))
         if any(v <= 0 for v in out):
             raise ValueError(
                 f"scale_factor {scale_factor!r} gives an empty output for input of spatial "

@@ -6,8 +6,8 @@ translation of their own. ``TRANSLATIONS`` gives them:
 
 * ``conv_transpose2d_crop`` -> ``ConvTranspose`` + ``Slice`` (the full map, then the crop:
   an ONNX runtime has no fused operator, the result is the same);
-* ``bilinear_upsample``     -> ``Resize`` (mode linear; ``scales`` when a scale factor
-  defines the source positions, as in ATen, else ``sizes``);
+* ``bilinear_upsample``     -> ``Resize`` (mode linear; ``scales`` where a scale factor
+  defines the source positions, as in ATen: given and align_corners=False, else ``sizes``);
 * ``max_unpool2d``          -> ``MaxUnpool`` (our per-plane indices, as max_pool2d returns
   them, made flat over the whole tensor as ONNX's MaxPool/MaxUnpool use them).
 
@@ -48,32 +48,43 @@ def __getattr__(name):
 
 
 def _build():
-    from onnxscript import INT64
     from onnxscript import opset18 as op
 
     def pads(padding):
         return [padding[0], padding[1], padding[0], padding[1]]
 
+    def vector(values):
+        """A list of ints and (symbolic, dynamic-shape) scalars as a 1-D INT64 tensor."""
+        if all(isinstance(v, int) for v in values):
+            return op.Constant(value_ints=list(values))
+        return op.Concat(*[op.Constant(value_ints=[v]) if isinstance(v, int)
+                           else op.Reshape(v, op.Constant(value_ints=[1])) for v in values],
+                         axis=0)
+
     def conv_transpose2d_crop(x, weight, bias, stride, padding, output_padding, groups,
-                              dilation, offset, size: INT64):
+                              dilation, offset, size):
         y = op.ConvTranspose(x, weight, bias, strides=list(stride), pads=pads(padding),
                              dilations=list(dilation), group=groups,
                              output_padding=list(output_padding))
         starts = op.Constant(value_ints=list(offset))
-        return op.Slice(y, starts, op.Add(starts, size), op.Constant(value_ints=[2, 3]))
+        return op.Slice(y, starts, op.Add(starts, vector(size)), op.Constant(value_ints=[2, 3]))
 
-    def bilinear_upsample(x, output_size: INT64, align_corners: bool, scale_h=None,
+    def bilinear_upsample(x, output_size, align_corners, scale_h=None,
                           scale_w=None):
         mode = "align_corners" if align_corners else "pytorch_half_pixel"
-        if scale_h is not None and scale_w is not None:
+        # A given scale defines the source positions only without align_corners (ATen's
+        # rule); with it the sizes do (and ONNX's Resize would use the unfloored
+        # in * scale as the resized length).
+        if scale_h is not None and scale_w is not None and not align_corners:
             scales = op.Constant(value_floats=[1.0, 1.0, float(scale_h), float(scale_w)])
             return op.Resize(x, None, scales, mode="linear",
                              coordinate_transformation_mode=mode)
-        sizes = op.Concat(op.Shape(x, start=0, end=2), output_size, axis=0)
+        sizes = op.Concat(op.Shape(x, start=0, end=2), vector(output_size), axis=0)
         return op.Resize(x, None, None, sizes, mode="linear",
                          coordinate_transformation_mode=mode)
 
-    def max_unpool2d(x, indices, kernel_size, stride, padding, output_size: INT64):
+    def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
+        output_size = vector(output_size)
         nc = op.Shape(x, start=0, end=2)
         plane = op.ReduceProd(output_size, keepdims=1)  # OH * OW
         first = op.Mul(op.Range(op.Constant(value_int=0), op.ReduceProd(nc, keepdims=0),

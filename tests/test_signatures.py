@@ -93,3 +93,15 @@ def test_max_unpool2d_unbatched():
     torch.testing.assert_close(fk.nn.MaxUnpool2d(2)(v, idx, output_size=[9, 11]), ref)
     _same_error(lambda: fk.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])),
                 lambda: F.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])))
+
+
+def test_bilinear_scale_factor_stays_symbolic_under_export():
+    # The output size floor(n * scale) must not specialise a dynamic input size.
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return fk.bilinear_upsample(x, scale_factor=2.5)
+
+    d = torch.export.Dim.DYNAMIC
+    ep = torch.export.export(M(), (torch.randn(1, 2, 6, 8),), dynamic_shapes=({2: d, 3: d},))
+    x = torch.randn(1, 2, 5, 11)
+    torch.testing.assert_close(ep.module()(x), F.interpolate(x, scale_factor=2.5, mode="bilinear"))
