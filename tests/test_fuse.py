@@ -31,19 +31,20 @@ class ClassicFCN(nn.Module):
     """The classic port's FCN-32s/16s/8s (its layer names, offsets and forward), on a
     VGG-shaped backbone with few channels."""
 
-    def __init__(self, arch="fcn8s", n_class=5, width=4):
+    def __init__(self, arch="fcn8s", n_class=5, width=4, fc=None):
         super().__init__()
         self.arch = arch
-        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
+        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]  # width=64: VGG16
+        fc = fc or 16 * width  # VGG16: 4096
         for s in range(1, 6):
             _vgg_block(self, s, chans[s - 1], chans[s], 2 if s < 3 else 3)
-        self.fc6 = nn.Conv2d(chans[5], 16 * width, 7)
+        self.fc6 = nn.Conv2d(chans[5], fc, 7)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout2d()
-        self.fc7 = nn.Conv2d(16 * width, 16 * width, 1)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout2d()
-        self.score_fr = nn.Conv2d(16 * width, n_class, 1)
+        self.score_fr = nn.Conv2d(fc, n_class, 1)
         if arch == "fcn32s":
             self.upscore = nn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
         else:
