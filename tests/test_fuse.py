@@ -345,3 +345,15 @@ def test_bad_arguments():
         fk.fuse(ClassicFCN(), [torch.randn(1, 3, 8, 8)])
     with pytest.raises(ValueError, match="capture"):
         fk.fuse(ClassicFCN(), (torch.randn(1, 3, 8, 8),), capture="jit")
+
+
+def test_decomposed_convolution_pattern():
+    # After run_decompositions a transposed convolution is aten.convolution(...,
+    # transposed=True, ...): the same rewrite applies.
+    from fcn_kernels.fuse import _rewrite_aten
+    model = ClassicFCN("fcn32s").eval()
+    x = torch.randn(1, 3, 32, 32)
+    gm = torch.export.export(model, (x,)).run_decompositions().module()
+    assert torch.ops.aten.convolution.default in {n.target for n in gm.graph.nodes}
+    assert [r.split(":")[0] for r in _rewrite_aten(gm)] == ["upscore"]
+    torch.testing.assert_close(gm(x), model(x), atol=1e-4, rtol=1e-4)
