@@ -11,6 +11,7 @@ from ._common import deconv_full_size
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop
 from .unpool import max_unpool2d
+from .fuse import fuse
 from . import nn
 
 __version__ = "0.1.0"
@@ -23,4 +24,4 @@ def cuda_built() -> bool:
 
 
 __all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel",
-           "deconv_full_size", "nn", "cuda_built", "__version__"]
+           "deconv_full_size", "fuse", "nn", "testing", "cuda_built", "__version__"]

@@ -9,23 +9,38 @@ from ._common import check_finite_positive, check_tensor4d, empty_like_layout, p
 _ops = torch.ops.fcn_kernels
 
 
-def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False):
-    """Bilinear resize of a 4-D tensor; same result as
-    ``F.interpolate(x, size, scale_factor, mode="bilinear", align_corners=align_corners)``
-    (with ``recompute_scale_factor`` left at its default).
+def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
+                      recompute_scale_factor=None, antialias=False):
+    """Bilinear resize of a 4-D tensor; same result as ``F.interpolate(x, size,
+    scale_factor, mode="bilinear", align_corners, recompute_scale_factor, antialias)``,
+    with the same argument forms, checks and errors.
 
     size: int or (H, W). scale_factor: number or (sh, sw), non-integer allowed; the
     output is ``floor(in * scale)`` and, as in ATen, the given scale (not the size
-    ratio) defines the source positions when ``align_corners=False``.
+    ratio) defines the source positions when ``align_corners=False``, unless
+    ``recompute_scale_factor=True`` (then the size ratio does). ``align_corners=None``
+    means False (F.interpolate's default for bilinear). ``antialias=True`` (a low-pass
+    filter for downsampling, another operation) runs ATen's kernel: F.interpolate itself.
+    A 3-D (C, H, W) input raises NotImplementedError, as F.interpolate does for bilinear.
     The output is channels_last when the input is. Backward is deterministic.
     """
+    if isinstance(x, torch.Tensor) and x.dim() in (3, 5):
+        # F.interpolate's own error (a 3-D input means "linear", a 5-D one "trilinear")
+        raise NotImplementedError(f"Got {x.dim()}D input, but bilinear mode needs 4D input")
     check_tensor4d(x, "input")
+    if align_corners is None:
+        align_corners = False
     if not isinstance(align_corners, bool):
-        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
+        raise TypeError(f"align_corners must be a bool or None, got {align_corners!r}")
     if size is not None and scale_factor is not None:
         raise ValueError("only one of size or scale_factor should be defined")
     if size is None and scale_factor is None:
         raise ValueError("either size or scale_factor should be defined")
+    if recompute_scale_factor and size is not None:
+        raise ValueError("recompute_scale_factor is not meaningful with an explicit size.")
+    if antialias:
+        return torch.nn.functional.interpolate(x, size, scale_factor, "bilinear",
+                                               align_corners, recompute_scale_factor, True)
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"input must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
     if size is not None:
@@ -37,11 +52,14 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False):
         scales = pair(scale_factor, "scale_factor", numbers.Real)
         check_finite_positive(scales, "scale_factor")
         scales = tuple(float(s) for s in scales)
-        out = tuple(math.floor(float(n) * s) for n, s in zip(x.shape[2:], scales))
+        # (n * s, not float(n) * s: a symbolic size stays symbolic under torch.export)
+        out = tuple(math.floor(n * s) for n, s in zip(x.shape[2:], scales))
         if any(v <= 0 for v in out):
             raise ValueError(
                 f"scale_factor {scale_factor!r} gives an empty output for input of spatial "
                 f"size {tuple(x.shape[2:])}")
+        if recompute_scale_factor:
+            scales = (None, None)  # the size ratio defines the source positions
     return _ops.bilinear_upsample(x, list(out), align_corners, scales[0], scales[1])
 
 

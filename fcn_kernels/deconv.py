@@ -41,8 +41,15 @@ def conv_transpose2d_crop(x, weight, bias=None, stride=1, padding=0, output_padd
 
     Any weight, groups and dilation; a channel-diagonal weight (FCN's bilinear
     upsampling, see :func:`bilinear_kernel`) takes an exact depthwise fast path.
+    ``x`` is (N, C, H, W) or, as for F.conv_transpose2d, unbatched (C, H, W).
     The output is channels_last when ``x`` is. Backward is deterministic.
     """
+    if isinstance(x, torch.Tensor) and x.dim() == 3:
+        return conv_transpose2d_crop(x.unsqueeze(0), weight, bias, stride, padding,
+                                     output_padding, groups, dilation, offset, size).squeeze(0)
+    if isinstance(x, torch.Tensor) and x.dim() != 4:
+        raise ValueError("input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got shape "
+                         f"{tuple(x.shape)}")
     check_tensor4d(x, "input")
     check_tensor4d(weight, "weight")
     x, weight, bias = _autocast(x, weight, bias)

@@ -9,18 +9,22 @@ from .unpool import max_unpool2d
 
 
 class BilinearUpsample(nn.Module):
-    """Drop-in for ``nn.Upsample(size, scale_factor, mode="bilinear", align_corners)``."""
+    """Drop-in for ``nn.Upsample(size, scale_factor, mode="bilinear", align_corners,
+    recompute_scale_factor)``."""
 
-    def __init__(self, size=None, scale_factor=None, align_corners=False):
+    def __init__(self, size=None, scale_factor=None, align_corners=False,
+                 recompute_scale_factor=None):
         super().__init__()
         if (size is None) == (scale_factor is None):
             raise ValueError("exactly one of size or scale_factor should be defined")
         self.size = size
         self.scale_factor = scale_factor
         self.align_corners = align_corners
+        self.recompute_scale_factor = recompute_scale_factor
 
     def forward(self, x):
-        return bilinear_upsample(x, self.size, self.scale_factor, self.align_corners)
+        return bilinear_upsample(x, self.size, self.scale_factor, self.align_corners,
+                                 self.recompute_scale_factor)
 
     def extra_repr(self):
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"

@@ -24,8 +24,10 @@ def t(*shape, dtype=torch.float32, device="cpu"):
 def bilinear_cases(dev):
     x = t(1, 2, 4, 4, device=dev)
     f = fk.bilinear_upsample
-    yield "rank 3", lambda: f(t(2, 4, 4, device=dev), size=3), ValueError, "input must be a 4-D"
-    yield "rank 5", lambda: f(t(1, 1, 2, 4, 4, device=dev), size=3), ValueError, "input must be a 4-D"
+    # (F.interpolate's own errors for bilinear on 3-D / 5-D input)
+    yield "rank 3", lambda: f(t(2, 4, 4, device=dev), size=3), NotImplementedError, "needs 4D input"
+    yield "rank 5", lambda: f(t(1, 1, 2, 4, 4, device=dev), size=3), NotImplementedError, "needs 4D input"
+    yield "rank 2", lambda: f(t(4, 4, device=dev), size=3), ValueError, "input must be a 4-D"
     yield "not a tensor", lambda: f(3.0, size=3), TypeError, "input must be a torch.Tensor"
     yield "int dtype", lambda: f(x.long(), size=3), TypeError, "input must be float"
     yield "bool dtype", lambda: f(x > 0, size=3), TypeError, "input must be float"
@@ -42,7 +44,7 @@ def bilinear_cases(dev):
     yield "tiny scale", lambda: f(x, scale_factor=0.01), ValueError, "scale_factor .*empty output"
     yield "string scale", lambda: f(x, scale_factor="2"), TypeError, "scale_factor must be numbers"
     yield "empty spatial", lambda: f(t(1, 1, 0, 4, device=dev), size=3), ValueError, "non-empty spatial"
-    yield "align_corners None", lambda: f(x, size=3, align_corners=None), TypeError, "align_corners must be a bool"
+    yield "align_corners int", lambda: f(x, size=3, align_corners=1), TypeError, "align_corners must be a bool"
     yield "module neither", lambda: fk.nn.BilinearUpsample(), ValueError, "size or scale_factor"
     ops = torch.ops.fcn_kernels
     yield "op: zero output", lambda: ops.bilinear_upsample(x, [0, 3], False, None, None), ValueError, "output_size must be positive"
@@ -52,7 +54,7 @@ def bilinear_cases(dev):
 def deconv_cases(dev):
     x, w = t(1, 2, 4, 4, device=dev), t(2, 3, 4, 4, device=dev)
     f = fk.conv_transpose2d_crop
-    yield "rank 3 input", lambda: f(t(2, 4, 4, device=dev), w), ValueError, "input must be a 4-D"
+    yield "rank 2 input", lambda: f(t(4, 4, device=dev), w), ValueError, "input must be a 3-D"
     yield "rank 3 weight", lambda: f(x, t(2, 3, 4, device=dev)), ValueError, "weight must be a 4-D"
     yield "int input", lambda: f(x.long(), w), TypeError, "input must be float"
     yield "dtype mismatch", lambda: f(x, w.double()), TypeError, "weight must have the input's dtype"

@@ -192,8 +192,9 @@ def test_module_matches_nn_upsample():
 
 
 ERRORS = [
-    (lambda: fk.bilinear_upsample(torch.randn(3, 4, 5), size=4), ValueError, "input must be a 4-D"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5), size=4), ValueError, "input must be a 4-D"),
+    (lambda: fk.bilinear_upsample(torch.randn(3, 4, 5), size=4), NotImplementedError, "needs 4D input"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5), size=4), NotImplementedError, "needs 4D input"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5, 6), size=4), ValueError, "input must be a 4-D"),
     (lambda: fk.bilinear_upsample([[1.0]], size=4), TypeError, "input must be a torch.Tensor"),
     (lambda: fk.bilinear_upsample(torch.zeros(1, 1, 3, 3, dtype=torch.int64), size=4), TypeError, "input must be float"),
     (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, scale_factor=2), ValueError, "only one of size or scale_factor"),
@@ -208,7 +209,7 @@ ERRORS = [
     (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=0.1), ValueError, "scale_factor .* empty output"),
     (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor="2"), TypeError, "scale_factor must be numbers"),
     (lambda: fk.bilinear_upsample(torch.randn(1, 1, 0, 3), size=4), ValueError, "non-empty spatial"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, align_corners=None), TypeError, "align_corners must be a bool"),
+    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, align_corners=1), TypeError, "align_corners must be a bool"),
 ]
 
 

@@ -362,7 +362,7 @@ def test_errors():
     with pytest.raises(TypeError, match="input"):
         f("x", w)
     with pytest.raises(ValueError, match="input"):
-        f(x[0], w)
+        f(x[0, 0], w)
     with pytest.raises(TypeError, match="input"):
         f(x.long(), w)
     with pytest.raises(ValueError, match="weight"):

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "bilinear/args.h"
+#include "common/grad_layout.h"
 #include "common/separable.h"
 
 namespace fcn_kernels {
@@ -73,11 +74,55 @@ at::Tensor bilinear_upsample_cpu(const at::Tensor& self, at::IntArrayRef output_
   return y;
 }
 
+// Backward of a gradient constant over each plane (e.g. from loss = y.sum()): the
+// separable backward of a constant v is v * rh[i] * rw[j], rh / rw the row sums of the
+// per-axis backward maps (how much output weight each input row / column carries).
+// Writes grad_input once and never reads the expanded gradient.
+template <typename scalar_t>
+void backward_plane_constant(const at::Tensor& grad_output, at::Tensor& gx, bool align_corners,
+                             std::optional<double> scale_h, std::optional<double> scale_w) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = gx.size(1), IH = gx.size(2), IW = gx.size(3);
+  const auto row_sums = [&](int64_t in, int64_t out, std::optional<double> scale) {
+    const Csr<acc_t> m = backward_map<acc_t>(in, out, align_corners, scale.value_or(-1.0));
+    std::vector<acc_t> r(in, acc_t(0));
+    for (int64_t i = 0; i < in; ++i) {
+      for (int64_t k = m.start[i]; k < m.start[i + 1]; ++k) r[i] += m.weight[k];
+    }
+    return r;
+  };
+  const std::vector<acc_t> rh = row_sums(IH, grad_output.size(2), scale_h);
+  const std::vector<acc_t> rw = row_sums(IW, grad_output.size(3), scale_w);
+  const at::Tensor v = plane_values(grad_output);  // (N, C), any strides
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1);
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // contiguous NCHW
+  at::parallel_for(0, gx.size(0) * C, std::max<int64_t>(1, 32768 / (IH * IW)),
+                   [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t val = static_cast<acc_t>(vp[(p / C) * vs0 + (p % C) * vs1]);
+      scalar_t* o = out + p * IH * IW;
+      for (int64_t i = 0; i < IH; ++i) {
+        const acc_t a = val * rh[i];
+        for (int64_t j = 0; j < IW; ++j) o[i * IW + j] = static_cast<scalar_t>(a * rw[j]);
+      }
+    }
+  });
+}
+
 at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output,
                                           at::IntArrayRef input_size, bool align_corners,
                                           std::optional<double> scale_h,
                                           std::optional<double> scale_w) {
   check_bilinear_backward(grad_output, input_size);
+  if (is_plane_constant(grad_output)) {
+    at::Tensor gx = at::empty(input_size, grad_output.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "bilinear_backward_const_cpu", [&] {
+      backward_plane_constant<scalar_t>(grad_output, gx, align_corners, scale_h, scale_w);
+    });
+    return gx;
+  }
+  // Any other layout is copied to the working layout (as ATen's CPU backward does).
   const auto fmt = layout_of(grad_output);
   const at::Tensor g = grad_output.contiguous(fmt);
   at::Tensor gx = at::empty(input_size, g.options().memory_format(fmt));

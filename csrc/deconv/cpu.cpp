@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "deconv/args.h"
+#include "deconv/const_grad.h"
 #include "deconv/cpu.h"
 
 namespace fcn_kernels {
@@ -145,6 +146,10 @@ at::Tensor conv_transpose2d_crop_backward_input_cpu(
   at::Tensor gx = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (gx.numel() == 0) return gx;
   if (OH == 0 || OW == 0) return gx.zero_();
+  if (is_plane_constant(grad_output)) {  // e.g. loss = y.sum(): see deconv/const_grad.h
+    return deconv_const_grad_input(grad_output, weight, input_size, stride, padding, groups,
+                                   dilation, offset);
+  }
 
   if (is_channel_diagonal_cpu(weight, groups)) {
     const at::Tensor g = grad_output.contiguous(fmt);
@@ -181,6 +186,10 @@ at::Tensor conv_transpose2d_crop_backward_weight_cpu(
   const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
   if (N == 0 || OH == 0 || OW == 0 || Cout == 0) {
     return at::zeros(weight_size, self.options());
+  }
+  if (is_plane_constant(grad_output)) {
+    return deconv_const_grad_weight(grad_output, self, weight_size, stride, padding, groups,
+                                    dilation, offset);
   }
   const PhaseGeom geom = phase_geom(N, self.size(1), weight_size, groups, stride, padding,
                                     dilation, offset, OH, OW, self.element_size());

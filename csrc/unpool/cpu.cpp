@@ -28,6 +28,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/grad_layout.h"
 #include "common/parallel.h"
 #include "unpool/args.h"
 
@@ -206,11 +207,20 @@ bool gather(const T* __restrict__ g, const int64_t* __restrict__ ind, T* __restr
   return true;
 }
 
+// Where plane p of grad_output starts: p = n * C + c planes (NCHW, C channels) or
+// p = n images (channels_last, C = 1), at any batch / channel strides (a gradient sliced
+// from a larger one, or expanded over the batch, is read in place).
+struct PlaneOffsets {
+  int64_t C, sn, sc;
+  int64_t operator()(int64_t p) const { return (p / C) * sn + (p % C) * sc; }
+};
+
 // grad_input[p, j, c] = grad_output[p, indices[p, j, c], c], a task's rows gathered one
-// plane at a time. False if an index is out of range.
+// plane at a time. False if an index is out of range. The prefetcher assumes dense
+// planes in order (callers pass prefetch only then).
 template <typename T, typename Vec, typename Stream>
 bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem& u, Vec V,
-                     Stream st, bool prefetch) {
+                     Stream st, bool prefetch, const PlaneOffsets& offs) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, plane = u.OH * u.OW;
   at::parallel_for(0, u.P * IH, grain(IW * V), [&](int64_t begin, int64_t end) {
@@ -218,7 +228,7 @@ bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem&
                   reinterpret_cast<const char*>(g + ((end - 1) / IH + 1) * plane * V)};
     for (int64_t r = begin; r < end;) {
       const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
-      if (!gather(g + p * plane * V, ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
+      if (!gather(g + offs(p), ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
                   plane, V, st, prefetch ? &pf : nullptr)) {
         ok.store(false, std::memory_order_relaxed);
         break;
@@ -226,6 +236,34 @@ bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem&
       r = stop;
     }
     if constexpr (Stream::value) stream_fence();
+  });
+  return ok.load();
+}
+
+// Backward of a gradient constant over each plane (e.g. from loss = y.sum()): every
+// input gets its plane's value; the indices are still range-checked, as the gather does.
+// V == 1: one value per row of planes; V == C (channels_last indices): per channel.
+template <typename T>
+bool backward_plane_constant(const T* vals, int64_t vs0, int64_t vs1, const int64_t* ind,
+                             T* gx, const UnpoolProblem& u, int64_t C) {
+  std::atomic<bool> ok{true};
+  const int64_t IH = u.IH, IW = u.IW, V = u.V, plane = u.OH * u.OW;
+  at::parallel_for(0, u.P * IH, grain(IW * V), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t p = r / IH, n = V == 1 ? p / C : p;
+      if (!all_in_range(ind + r * IW * V, IW * V, 0, plane)) {
+        ok.store(false, std::memory_order_relaxed);
+        break;
+      }
+      T* o = gx + r * IW * V;
+      if (V == 1) {
+        std::fill(o, o + IW, vals[n * vs0 + (p % C) * vs1]);
+      } else {
+        for (int64_t w = 0; w < IW; ++w) {
+          for (int64_t c = 0; c < V; ++c) o[w * V + c] = vals[n * vs0 + c * vs1];
+        }
+      }
+    }
   });
   return ok.load();
 }
@@ -249,28 +287,73 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& self, const at::Tensor& indices,
   return u.out;
 }
 
+// grad_output is read in place when each plane (NCHW) or image (channels_last) is dense,
+// whatever the batch / channel strides; a plane-constant gradient is not read whole;
+// other layouts (a transposed or spatially sliced gradient) are copied first, as ATen's
+// gather (grad_output.flatten(-2)) copies them too.
 at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                      at::IntArrayRef padding, bool /*check_indices: always*/) {
-  UnpoolProblem u = unpool_backward_problem(grad_output, indices, kernel_size, stride, padding);
+  check_unpool_values(grad_output, "grad_output");
+  check_unpool_indices(indices, grad_output, "grad_output", /*same_shape=*/false);
+  const int64_t C = grad_output.size(1), OH = grad_output.size(2), OW = grad_output.size(3);
+  check_unpool_geometry(kernel_size, stride, padding, indices.size(2), indices.size(3), OH, OW);
+  const auto& g_ = grad_output;
+  const bool constant = is_plane_constant(g_);
+  const bool planes_dense = (OW == 1 || g_.stride(3) == 1) && (OH == 1 || g_.stride(2) == OW);
+  const bool images_dense = (C == 1 || g_.stride(1) == 1) && (OW == 1 || g_.stride(3) == C) &&
+                            (OH == 1 || g_.stride(2) == OW * C);
+  const auto kCL = at::MemoryFormat::ChannelsLast, kNCHW = at::MemoryFormat::Contiguous;
+  at::MemoryFormat fmt;
+  UnpoolProblem u;
+  if (constant) {
+    fmt = layout_of(indices);
+    u.src = g_;
+  } else if (images_dense && (layout_of(g_) == kCL || !planes_dense)) {
+    fmt = kCL;
+    u.src = g_;
+  } else if (planes_dense) {
+    fmt = kNCHW;
+    u.src = g_;
+  } else {
+    fmt = layout_of(g_);
+    u.src = g_.contiguous(fmt);
+  }
+  u.indices = indices.contiguous(fmt);
+  u.out = at::empty(indices.sizes(), g_.options().memory_format(fmt));
+  std::tie(u.P, u.V) = planes_and_vec(u.out, fmt);
+  u.IH = indices.size(2);
+  u.IW = indices.size(3);
+  u.OH = OH;
+  u.OW = OW;
   if (u.out.numel() == 0) return u.out;
   bool ok = true;
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
-    const T* g = static_cast<const T*>(u.src.const_data_ptr());
     const int64_t* ind = u.indices.const_data_ptr<int64_t>();
     T* gx = static_cast<T*>(u.out.mutable_data_ptr());
+    if (constant) {
+      const at::Tensor v = plane_values(grad_output);
+      ok = backward_plane_constant(static_cast<const T*>(v.const_data_ptr()), v.stride(0),
+                                   v.stride(1), ind, gx, u, C);
+      return;
+    }
+    const at::Tensor& src = u.src;
+    const T* g = static_cast<const T*>(src.const_data_ptr());
+    const PlaneOffsets offs = u.V == 1 ? PlaneOffsets{C, src.stride(0), src.stride(1)}
+                                     : PlaneOffsets{1, src.stride(0), 0};
+    const bool dense = src.is_contiguous(fmt);
     // Large NCHW problems: streaming stores, and prefetching for long rows (see above;
     // channels_last is already far ahead of ATen).
     if constexpr (kCanStream && sizeof(T) >= 4) {
       if (u.V == 1 && u.out.nbytes() >= kStreamBytes) {
-        ok = backward_gather(g, ind, gx, u, kPlanarVec,
-                             std::true_type{}, u.OW * int64_t(sizeof(T)) >= kPrefetchRowBytes);
+        ok = backward_gather(g, ind, gx, u, kPlanarVec, std::true_type{},
+                             dense && u.OW * int64_t(sizeof(T)) >= kPrefetchRowBytes, offs);
         return;
       }
     }
     with_vec(u.V, [&](auto V) {
-      ok = backward_gather(g, ind, gx, u, V, std::false_type{}, /*prefetch=*/false);
+      ok = backward_gather(g, ind, gx, u, V, std::false_type{}, /*prefetch=*/false, offs);
     });
   });
   if (!ok) raise_bad_index(indices, u.OH, u.OW);

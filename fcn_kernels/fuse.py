@@ -1,0 +1,495 @@
+"""``fuse(model, example_inputs)``: an existing model rewritten onto fcn_kernels' operators.
+
+The model is captured with ``torch.export`` (``torch.fx.symbolic_trace`` where export
+fails) and three ATen patterns are replaced:
+
+* a transposed convolution (``aten.conv_transpose2d`` or ``aten.convolution`` with
+  ``transposed=True``) whose output is used only through slices of its spatial dims
+  (``h[:, :, 19:19 + x.size()[2], 19:19 + x.size()[3]]`` and the like, bounds constant
+  or computed from sizes) -> ``fcn_kernels.conv_transpose2d_crop``;
+* ``aten.upsample_bilinear2d`` (``F.interpolate(mode="bilinear")``, no antialias)
+  -> ``fcn_kernels.bilinear_upsample``;
+* ``aten.max_unpool2d`` fed by ``max_pool2d(..., return_indices=True)``
+  -> ``fcn_kernels.max_unpool2d`` (ATen's op does not carry the pooling geometry; the
+  pool that made the indices does).
+
+Everything else is left exactly as captured. The returned module holds the original's
+parameters and buffers (the same objects: training it trains the original) and has its
+state_dict keys. torch.export bakes train/eval behaviour (dropout, batch norm) into the
+graph, so the module keeps one captured graph per mode, capturing the other mode on the
+first call after ``.train()`` / ``.eval()`` switches to it.
+"""
+import logging
+import math
+import operator
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_aten = torch.ops.aten
+_fk = torch.ops.fcn_kernels
+_BIG = 2 ** 62  # slice ends at or past this mean "to the end" (export writes INT64_MAX)
+
+
+def fuse(model: nn.Module, example_inputs, dynamic_shapes=None, strict=False,
+         capture="auto") -> nn.Module:
+    """Returns ``model`` rewritten onto fcn_kernels' operators (see the module docstring).
+
+    example_inputs: a tuple of positional inputs (a single tensor is accepted).
+    dynamic_shapes: as for ``torch.export.export``, e.g.
+    ``({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)`` to run other input sizes; without it the
+    captured graph accepts the example's shapes only. The rewrites made are listed in
+    ``fused.rewrites`` and logged (logger ``fcn_kernels.fuse``).
+    capture: "auto" (torch.export, torch.fx if export fails), "export" or "fx".
+    strict: passed to torch.export.export.
+    """
+    if capture not in ("auto", "export", "fx"):
+        raise ValueError(f"capture must be 'auto', 'export' or 'fx', got {capture!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, tuple):
+        raise TypeError("example_inputs must be a tuple of the model's positional inputs, "
+                        f"got {type(example_inputs).__name__}")
+    return FusedModule(model, example_inputs, dynamic_shapes, strict, capture)
+
+
+class FusedModule(nn.Module):
+    """The module ``fuse`` returns: the original's submodules, parameters and buffers
+    (shared) run through a rewritten captured graph."""
+
+    def __init__(self, model, example_inputs, dynamic_shapes, strict, capture):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model._parameters.items():
+            if p is not None:
+                self.register_parameter(name, p)
+        for name, b in model._buffers.items():
+            if b is not None:
+                self.register_buffer(name, b,
+                                     persistent=name not in model._non_persistent_buffers_set)
+        object.__setattr__(self, "_original", model)  # not a child: no duplicate keys
+        self._capture_args = (example_inputs, dynamic_shapes, strict, capture)
+        self._graphs = {}  # mode (True/False; None for torch.fx: mode-independent) -> graph
+        self.capture = None  # "export" or "fx"
+        self.rewrites = []
+        self.training = model.training
+        self._graph()
+
+    def _graph(self):
+        key = None if self.capture == "fx" else self.training
+        if key not in self._graphs:
+            gm, self.capture, rewrites = _capture(self._original, self.training,
+                                                  *self._capture_args)
+            self._bind(gm)
+            self._graphs[None if self.capture == "fx" else self.training] = gm
+            if not self.rewrites:
+                self.rewrites = rewrites
+                log.info("fcn_kernels.fuse (%s): %d rewrite(s): %s", self.capture,
+                         len(rewrites), "; ".join(rewrites) or "none")
+        return self._graphs[None if self.capture == "fx" else self.training]
+
+    def _bind(self, gm):
+        """Points the graph module's parameters and buffers at the original's objects
+        (after capture, and after .to()/.half() replace buffers)."""
+        m = self._original
+        for kind, items in (("_parameters", m.named_parameters(remove_duplicate=False)),
+                            ("_buffers", m.named_buffers(remove_duplicate=False))):
+            for fqn, t in items:
+                *path, leaf = fqn.split(".")
+                owner = gm
+                for part in path:
+                    owner = getattr(owner, part, None)
+                    if owner is None:
+                        break
+                if isinstance(owner, nn.Module) and leaf in getattr(owner, kind):
+                    getattr(owner, kind)[leaf] = t
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for name, p in self._parameters.items():
+            self._original._parameters[name] = p
+        for name, b in self._buffers.items():
+            self._original._buffers[name] = b
+        for gm in self._graphs.values():
+            self._bind(gm)
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self._graph()(*args, **kwargs)
+
+    def extra_repr(self):
+        return f"capture={self.capture!r}, rewrites={len(self.rewrites)}"
+
+
+# --- capture --------------------------------------------------------------------------
+
+def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
+    was = model.training
+    model.train(mode)
+    try:
+        if capture == "fx":
+            gm = torch.fx.symbolic_trace(model)
+            return gm, "fx", _rewrite_fx(gm)
+        try:
+            ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes,
+                                     strict=strict)
+        except Exception as export_error:  # noqa: BLE001 (any failure: try torch.fx)
+            if capture == "export":
+                raise
+            try:
+                gm = torch.fx.symbolic_trace(model)
+            except Exception as fx_error:  # noqa: BLE001
+                raise RuntimeError(
+                    f"fcn_kernels.fuse: torch.export failed ({export_error}) and so did "
+                    f"torch.fx.symbolic_trace ({fx_error})") from fx_error
+            if dynamic_shapes is not None:
+                log.info("fcn_kernels.fuse: torch.export failed (%s); the torch.fx graph "
+                         "runs any input size", export_error)
+            return gm, "fx", _rewrite_fx(gm)
+        gm = ep.module()
+        return gm, "export", _rewrite_aten(gm)
+    finally:
+        model.train(was)
+
+
+def _args(node):
+    """The node's arguments in schema order, defaults filled in."""
+    out = []
+    for i, a in enumerate(node.target._schema.arguments):
+        if i < len(node.args):
+            out.append(node.args[i])
+        elif a.name in node.kwargs:
+            out.append(node.kwargs[a.name])
+        else:
+            out.append(a.default_value)
+    return out
+
+
+def _pair(v):
+    if isinstance(v, (list, tuple)):
+        return [v[0], v[0]] if len(v) == 1 else list(v)
+    return [v, v]
+
+
+def _where(node):
+    """The module path a node came from (for the rewrite list), or its name."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        if path:
+            return path
+    return node.name
+
+
+def _shape(node):
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+class _Emit:
+    """Integer arithmetic on ints and graph nodes: folds ints, inserts nodes otherwise."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def op(self, f, a, b):
+        if not isinstance(a, torch.fx.Node) and not isinstance(b, torch.fx.Node):
+            return f(a, b)
+        return self.graph.call_function(f, (a, b))
+
+    def size(self, x, dim):
+        n = _shape(x)[dim]
+        return n if isinstance(n, int) else self.graph.call_function(_aten.sym_size.int, (x, dim))
+
+
+# --- rewriting the export (ATen) graph -------------------------------------------------
+
+def _rewrite_aten(gm):
+    g = gm.graph
+    rewrites = []
+    for node in list(g.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (_aten.conv_transpose2d.input, _aten.convolution.default):
+            what = _deconv_crop(g, node)
+        elif node.target in (_aten.upsample_bilinear2d.vec, _aten.upsample_bilinear2d.default):
+            what = _bilinear(g, node)
+        elif node.target is _aten.max_unpool2d.default:
+            what = _unpool(g, node)
+        else:
+            continue
+        if what:
+            rewrites.append(what)
+    if rewrites:
+        g.eliminate_dead_code()
+        g.lint()
+        gm.recompile()
+    return rewrites
+
+
+def _deconv_crop(g, node):
+    a = _args(node)
+    if node.target is _aten.convolution.default:
+        x, w, b, stride, padding, dilation, transposed, output_padding, groups = a
+        if transposed is not True:
+            return None
+    else:
+        x, w, b, stride, padding, output_padding, groups, dilation = a
+    shape = _shape(x)
+    if shape is None or len(shape) != 4 or len(_shape(w) or ()) != 4:
+        return None
+    stride, padding, output_padding, dilation = map(_pair, (stride, padding, output_padding,
+                                                            dilation))
+    # Follow the chain of slices (each the only user of the previous value), one per dim.
+    chain, spans, cur = [], {}, node
+    while len(cur.users) == 1:
+        user = next(iter(cur.users))
+        if user.op != "call_function" or user.target is not _aten.slice.Tensor:
+            break
+        src, dim, start, end, step = _args(user)
+        dim = dim % 4
+        if src is not cur or step != 1 or dim in spans:
+            break
+        spans[dim] = (start, end)
+        chain.append(user)
+        cur = user
+    if 2 not in spans and 3 not in spans:
+        return None  # used unsliced (or not only through spatial slices): left as is
+    if set(spans) - {2, 3} and not _full_slice(spans, node):
+        return None  # a batch/channel crop: not this pattern
+
+    emit = _Emit(g)
+    with g.inserting_before(chain[-1]):
+        offset, size = [], []
+        for d in (2, 3):
+            i = d - 2
+            n = emit.size(x, d)
+            kh = _shape(w)[d]
+            # full = (n - 1) * s - 2 p + dil * (k - 1) + output_padding + 1
+            full = emit.op(operator.add, emit.op(operator.mul, emit.op(operator.sub, n, 1),
+                                                 stride[i]),
+                           -2 * padding[i] + dilation[i] * (kh - 1) + output_padding[i] + 1)
+            start, end = spans.get(d, (None, None))
+            start = _bound(emit, start, full, 0)
+            end = _bound(emit, end, full, full)
+            if not isinstance(start, torch.fx.Node) and not isinstance(end, torch.fx.Node) \
+                    and not isinstance(full, torch.fx.Node):
+                start, end = min(max(start, 0), full), min(max(end, 0), full)
+                if end <= start:
+                    return None  # empty: ATen returns an empty tensor, leave it
+            offset.append(start)
+            size.append(emit.op(operator.sub, end, start))
+        new = g.call_function(_fk.conv_transpose2d_crop.default,
+                              (x, w, b, stride, padding, output_padding, groups, dilation,
+                               offset, size))
+    new.meta.update(chain[-1].meta)
+    chain[-1].replace_all_uses_with(new)
+    for n in reversed(chain):
+        g.erase_node(n)
+    g.erase_node(node)
+    return f"{_where(node)}: conv_transpose2d + crop -> fcn_kernels.conv_transpose2d_crop"
+
+
+def _full_slice(spans, node):
+    """True when the slices on dims 0/1 keep everything (start 0, end past the size)."""
+    shape = _shape(node)
+    for d in set(spans) - {2, 3}:
+        start, end = spans[d]
+        if start not in (None, 0):
+            return False
+        if end is None or (isinstance(end, int) and (end >= _BIG or (
+                isinstance(shape[d], int) and end >= shape[d]))):
+            continue
+        return False
+    return True
+
+
+def _bound(emit, v, full, default):
+    """A slice bound as a non-negative position (None: the default; >= 2**62: the end;
+    a negative int counts from the end, as in Python)."""
+    if v is None:
+        return default
+    if isinstance(v, int):
+        if v >= _BIG:
+            return full
+        if v < 0:
+            return emit.op(operator.add, full, v)
+    return v
+
+
+def _bilinear(g, node):
+    a = _args(node)
+    x = a[0]
+    shape = _shape(x)
+    if shape is None or len(shape) != 4:
+        return None
+    if node.target is _aten.upsample_bilinear2d.default:
+        _, size, ac, sh, sw = a
+        args = (x, list(size), ac, sh, sw)
+    else:
+        _, size, ac, scales = a
+        if size is not None:
+            args = (x, list(size), ac, None, None)
+        else:
+            emit = _Emit(g)
+            scales = _pair(scales)
+            with g.inserting_before(node):
+                size = []
+                for d, s in zip((2, 3), scales):
+                    n = emit.size(x, d)
+                    if float(s).is_integer():
+                        size.append(emit.op(operator.mul, n, int(s)))
+                    elif isinstance(n, int):
+                        size.append(math.floor(n * s))
+                    else:
+                        size.append(g.call_function(math.floor,
+                                                    (g.call_function(operator.mul, (n, s)),)))
+            args = (x, size, ac, float(scales[0]), float(scales[1]))
+    with g.inserting_before(node):
+        new = g.call_function(_fk.bilinear_upsample.default, args)
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    g.erase_node(node)
+    return f"{_where(node)}: upsample_bilinear2d -> fcn_kernels.bilinear_upsample"
+
+
+def _unpool(g, node):
+    x, indices, output_size = _args(node)
+    if len(_shape(x) or ()) != 4:
+        return None
+    pool = indices.args[0] if (isinstance(indices, torch.fx.Node)
+                               and indices.target is operator.getitem
+                               and indices.args[1] == 1) else None
+    if not (isinstance(pool, torch.fx.Node)
+            and pool.target is _aten.max_pool2d_with_indices.default):
+        return None  # indices of unknown origin: the pooling geometry is unknown
+    _, kernel, stride, padding, dilation, _ = _args(pool)
+    kernel, padding, dilation = _pair(kernel), _pair(padding), _pair(dilation)
+    stride = kernel if not stride else _pair(stride)
+    kernel = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]  # the window's extent
+    # Our op accepts output sizes within stride - 1 of the default (as F.max_unpool2d
+    # checks against the unpool's own arguments); check the example's sizes.
+    in_hw, out_hw = _shape(x)[2:], [_hint(v) for v in output_size]
+    for n, o, k, s, p in zip(in_hw, out_hw, kernel, stride, padding):
+        default = (_hint(n) - 1) * s + k - 2 * p
+        if o is None or not default - s < o < default + s or o <= 0:
+            return None
+    with g.inserting_before(node):
+        new = g.call_function(_fk.max_unpool2d.default,
+                              (x, indices, kernel, stride, padding, list(output_size)))
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    g.erase_node(node)
+    return f"{_where(node)}: max_unpool2d -> fcn_kernels.max_unpool2d"
+
+
+def _hint(v):
+    """The example's value of an int, SymInt or size node (None if unknown)."""
+    if isinstance(v, torch.fx.Node):
+        v = v.meta.get("val")
+    if isinstance(v, torch.SymInt):
+        return v.node.hint
+    return v if isinstance(v, int) else None
+
+
+# --- rewriting the torch.fx (torch-level) graph -------------------------------------------
+
+def _rewrite_fx(gm):
+    import torch.nn.functional as F
+
+    from .bilinear import bilinear_upsample
+    from .deconv import conv_transpose2d_crop
+    from .unpool import max_unpool2d
+
+    g = gm.graph
+    rewrites = []
+    for node in list(g.nodes):
+        mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if node.op == "call_function" and node.target is F.interpolate:
+            kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners",
+                           "recompute_scale_factor", "antialias"), node.args))
+            kw.update(node.kwargs)
+            if kw.get("mode", "nearest") != "bilinear" or kw.get("antialias", False):
+                continue
+            kw.pop("mode")
+            x = kw.pop("input")
+            kw.pop("antialias", None)
+            node.target, node.args, node.kwargs = bilinear_upsample, (x,), kw
+            rewrites.append(f"{node.name}: F.interpolate -> fcn_kernels.bilinear_upsample")
+        elif isinstance(mod, nn.Upsample) and mod.mode == "bilinear":
+            with g.inserting_before(node):
+                new = g.call_function(bilinear_upsample, node.args, dict(
+                    size=mod.size, scale_factor=mod.scale_factor,
+                    align_corners=mod.align_corners,
+                    recompute_scale_factor=mod.recompute_scale_factor))
+            node.replace_all_uses_with(new)
+            g.erase_node(node)
+            rewrites.append(f"{node.target}: nn.Upsample -> fcn_kernels.bilinear_upsample")
+        elif node.op == "call_function" and node.target is F.max_unpool2d:
+            node.target = max_unpool2d
+            rewrites.append(f"{node.name}: F.max_unpool2d -> fcn_kernels.max_unpool2d")
+        elif isinstance(mod, nn.MaxUnpool2d) and type(mod) is nn.MaxUnpool2d:
+            with g.inserting_before(node):
+                args = list(node.args) + [None] * (3 - len(node.args))
+                new = g.call_function(max_unpool2d, (args[0], args[1], mod.kernel_size,
+                                                     mod.stride, mod.padding),
+                                      dict(output_size=node.kwargs.get("output_size", args[2])))
+            node.replace_all_uses_with(new)
+            g.erase_node(node)
+            rewrites.append(f"{node.target}: nn.MaxUnpool2d -> fcn_kernels.max_unpool2d")
+        elif type(mod) is nn.ConvTranspose2d and len(node.args) == 1 and not node.kwargs:
+            what = _fx_deconv_crop(gm, node, mod, conv_transpose2d_crop)
+            if what:
+                rewrites.append(what)
+    if rewrites:
+        g.eliminate_dead_code()
+        g.lint()
+        gm.recompile()
+    return rewrites
+
+
+def _fx_deconv_crop(gm, node, mod, op):
+    """nn.ConvTranspose2d whose only use is ``out[:, :, a:b, c:d]`` (operator.getitem
+    with a tuple of slices; bounds ints or graph values)."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.op != "call_function" or user.target is not operator.getitem:
+        return None
+    index = user.args[1]
+    if not isinstance(index, tuple) or len(index) != 4 or not all(
+            isinstance(s, slice) and s.step in (None, 1) for s in index):
+        return None
+    if any(s.start not in (None, 0) or s.stop is not None for s in index[:2]):
+        return None
+    starts, stops = [], []
+    for s in index[2:]:
+        if isinstance(s.start, int) and s.start < 0 or isinstance(s.stop, int) and s.stop < 0:
+            return None
+        starts.append(s.start or 0)
+        stops.append(s.stop)
+    if any(v is None for v in stops):
+        if not all(v is None for v in stops):
+            return None
+        size = None
+    else:
+        with gm.graph.inserting_before(user):
+            size = [gm.graph.call_function(operator.sub, (b, a))
+                    if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else b - a
+                    for a, b in zip(starts, stops)]
+    g = gm.graph
+    with g.inserting_before(user):
+        w = g.get_attr(f"{node.target}.weight")
+        b = g.get_attr(f"{node.target}.bias") if mod.bias is not None else None
+        new = g.call_function(op, (node.args[0], w, b, mod.stride, mod.padding,
+                                   mod.output_padding, mod.groups, mod.dilation),
+                              dict(offset=starts, size=size))
+    user.replace_all_uses_with(new)
+    g.erase_node(user)
+    g.erase_node(node)
+    return f"{node.target}: ConvTranspose2d + crop -> fcn_kernels.conv_transpose2d_crop"

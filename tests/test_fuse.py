@@ -1,0 +1,359 @@
+"""fcn_kernels.fuse: existing models rewritten onto our operators.
+
+The models are written as their authors write them: the classic PyTorch FCN port
+(wkentaro/pytorch-fcn: nn.ConvTranspose2d upscore layers, crops like
+``h[:, :, 19:19 + x.size()[2], 19:19 + x.size()[3]]``) on a small VGG-shaped backbone,
+a torchvision-style head ending in F.interpolate, a SegNet-style encoder/decoder with
+F.max_unpool2d. The reference is always the unfused model itself (ATen).
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.export import Dim
+
+import fcn_kernels as fk
+
+FK = torch.ops.fcn_kernels
+
+
+def _vgg_block(m, stage, cin, cout, convs):
+    for i in range(1, convs + 1):
+        setattr(m, f"conv{stage}_{i}", nn.Conv2d(cin if i == 1 else cout, cout, 3,
+                                                 padding=100 if stage == i == 1 else 1))
+        setattr(m, f"relu{stage}_{i}", nn.ReLU(inplace=True))
+    setattr(m, f"pool{stage}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+
+
+class ClassicFCN(nn.Module):
+    """The classic port's FCN-32s/16s/8s (its layer names, offsets and forward), on a
+    VGG-shaped backbone with few channels."""
+
+    def __init__(self, arch="fcn8s", n_class=5, width=4, fc=None):
+        super().__init__()
+        self.arch = arch
+        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]  # width=64: VGG16
+        fc = fc or 16 * width  # VGG16: 4096
+        for s in range(1, 6):
+            _vgg_block(self, s, chans[s - 1], chans[s], 2 if s < 3 else 3)
+        self.fc6 = nn.Conv2d(chans[5], fc, 7)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout2d()
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout2d()
+        self.score_fr = nn.Conv2d(fc, n_class, 1)
+        if arch == "fcn32s":
+            self.upscore = nn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
+        else:
+            self.score_pool4 = nn.Conv2d(chans[4], n_class, 1)
+            self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+        if arch == "fcn16s":
+            self.upscore16 = nn.ConvTranspose2d(n_class, n_class, 32, stride=16, bias=False)
+        if arch == "fcn8s":
+            self.score_pool3 = nn.Conv2d(chans[3], n_class, 1)
+            self.upscore_pool4 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+            self.upscore8 = nn.ConvTranspose2d(n_class, n_class, 16, stride=8, bias=False)
+        for m in self.modules():  # non-zero scores: every path carries gradient
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0, 0.1)
+
+    def _stage(self, h, s):
+        i = 1
+        while hasattr(self, f"conv{s}_{i}"):
+            h = getattr(self, f"relu{s}_{i}")(getattr(self, f"conv{s}_{i}")(h))
+            i += 1
+        return getattr(self, f"pool{s}")(h)
+
+    def forward(self, x):
+        h = x
+        h = self._stage(h, 1)
+        h = self._stage(h, 2)
+        h = self._stage(h, 3)
+        pool3 = h  # 1/8
+        h = self._stage(h, 4)
+        pool4 = h  # 1/16
+        h = self._stage(h, 5)
+        h = self.drop6(self.relu6(self.fc6(h)))
+        h = self.drop7(self.relu7(self.fc7(h)))
+        h = self.score_fr(h)
+        if self.arch == "fcn32s":
+            h = self.upscore(h)
+            h = h[:, :, 19:19 + x.size()[2], 19:19 + x.size()[3]].contiguous()
+            return h
+        h = self.upscore2(h)
+        upscore2 = h  # 1/16
+        h = self.score_pool4(pool4)
+        h = h[:, :, 5:5 + upscore2.size()[2], 5:5 + upscore2.size()[3]]
+        score_pool4c = h  # 1/16
+        h = upscore2 + score_pool4c
+        if self.arch == "fcn16s":
+            h = self.upscore16(h)
+            h = h[:, :, 27:27 + x.size()[2], 27:27 + x.size()[3]].contiguous()
+            return h
+        h = self.upscore_pool4(h)
+        upscore_pool4 = h  # 1/8
+        h = self.score_pool3(pool3)
+        h = h[:, :, 9:9 + upscore_pool4.size()[2], 9:9 + upscore_pool4.size()[3]]
+        score_pool3c = h  # 1/8
+        h = upscore_pool4 + score_pool3c  # 1/8
+        h = self.upscore8(h)
+        h = h[:, :, 31:31 + x.size()[2], 31:31 + x.size()[3]].contiguous()
+        return h
+
+
+class TorchvisionStyle(nn.Module):
+    """A torchvision-style segmentation model: backbone, FCNHead (conv-BN-ReLU-dropout-
+    conv), F.interpolate(size=input_shape, mode="bilinear", align_corners=False)."""
+
+    def __init__(self, n_class=5):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                      nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=4, padding=1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.1),
+                                        nn.Conv2d(8, n_class, 1))
+        self.aux = nn.Conv2d(16, n_class, 1)
+
+    def forward(self, x):
+        input_shape = x.shape[-2:]
+        features = self.backbone(x)
+        out = self.classifier(features)
+        out = F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False)
+        aux = F.interpolate(self.aux(features), scale_factor=4.0, mode="bilinear",
+                            align_corners=True)
+        return {"out": out, "aux": aux}
+
+
+class SegNetStyle(nn.Module):
+    """SegNet-style: pooling indices of the encoder reused by the decoder's unpooling."""
+
+    def __init__(self, n_class=5):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dec2 = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dec1 = nn.Conv2d(8, n_class, 3, padding=1)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+
+    def forward(self, x):
+        h = self.enc1(x)
+        size1 = h.size()
+        h, ind1 = F.max_pool2d(h, 2, 2, ceil_mode=True, return_indices=True)
+        h = self.enc2(h)
+        size2 = h.size()
+        h, ind2 = F.max_pool2d(h, 2, 2, return_indices=True)
+        h = F.max_unpool2d(h, ind2, 2, 2, output_size=size2)
+        h = self.dec2(h)
+        h = self.unpool(h, ind1, output_size=size1)
+        return self.dec1(h)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _flat(out):
+    return list(out.values()) if isinstance(out, dict) else [out]
+
+
+def _check_same(model, x, mode, **fuse_kw):
+    """fuse(model) and model give the same outputs, parameter gradients and buffers."""
+    model.train(mode)
+    ref = copy.deepcopy(model)
+    fused = fk.fuse(model, (x,), **fuse_kw)
+    assert fused.training == mode
+    outs = []
+    for m in (ref, fused):
+        torch.manual_seed(1)  # the same dropout masks
+        m.zero_grad(set_to_none=True)
+        out = _flat(m(x))
+        sum(o.square().sum() for o in out).backward()
+        outs.append(out)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    ref_grads, grads = _grads(ref), _grads(model)  # gradients reach model.parameters()
+    assert ref_grads.keys() == grads.keys() and grads
+    # (one scale for all: a conv bias before batch norm has a gradient that is pure
+    # cancellation noise of the others' size)
+    scale = max(1.0, max(g.abs().max().item() for g in ref_grads.values()))
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], atol=1e-4 * scale, rtol=1e-4, msg=n)
+    for (n, a), (_, b) in zip(ref.named_buffers(), model.named_buffers()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=n)  # running stats
+    return fused
+
+
+@pytest.mark.parametrize("mode", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("arch,fused_layers", [
+    ("fcn32s", ["upscore"]), ("fcn16s", ["upscore16"]), ("fcn8s", ["upscore8"])])
+def test_classic_fcn(arch, fused_layers, mode):
+    model = ClassicFCN(arch)
+    fused = _check_same(model, torch.randn(2, 3, 37, 45), mode)
+    # The upscore2 / upscore_pool4 outputs are used whole (added to a crop): left as is.
+    assert [r.split(":")[0] for r in fused.rewrites] == fused_layers
+    assert fused.capture == "export"
+
+
+def test_classic_fcn_graph():
+    model = ClassicFCN("fcn8s").eval()
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),))
+    targets = [n.target for g in fused._graphs.values() for n in g.graph.nodes]
+    assert targets.count(FK.conv_transpose2d_crop.default) == 1
+    assert targets.count(torch.ops.aten.conv_transpose2d.input) == 2  # upscore2, upscore_pool4
+
+
+def test_parameters_shared_and_state_dict():
+    model = ClassicFCN("fcn32s").eval()
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),))
+    assert [id(p) for p in fused.parameters()] == [id(p) for p in model.parameters()]
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():  # an in-place update of the original is seen by the fused module
+        model.upscore.weight.mul_(2)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_train_eval_switch():
+    model = ClassicFCN("fcn16s").eval()
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),))
+    x = torch.randn(1, 3, 32, 32)
+    y_eval = fused(x)
+    fused.train()
+    assert model.drop6.training  # shared submodules follow
+    torch.manual_seed(3)
+    y_train = fused(x)
+    model.train()
+    torch.manual_seed(3)
+    torch.testing.assert_close(y_train, model(x), atol=1e-4, rtol=1e-4)
+    fused.eval()
+    torch.testing.assert_close(fused(x), y_eval)
+    assert set(fused._graphs) == {False, True}
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn8s"])
+def test_dynamic_shapes(arch):
+    model = ClassicFCN(arch).eval()
+    dyn = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    fused = fk.fuse(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=dyn)
+    assert fused.rewrites
+    for shape in [(2, 3, 45, 29), (3, 3, 64, 71)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_static_shapes_refuse_other_sizes():
+    model = ClassicFCN("fcn32s").eval()
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),))
+    with pytest.raises(Exception, match="(?i)shape|size|expected"):
+        fused(torch.randn(1, 3, 40, 32))
+
+
+@pytest.mark.parametrize("mode", [False, True], ids=["eval", "train"])
+def test_torchvision_style(mode):
+    fused = _check_same(TorchvisionStyle(), torch.randn(2, 3, 29, 35), mode)
+    assert len(fused.rewrites) == 2
+    assert all("bilinear_upsample" in r for r in fused.rewrites)
+
+
+def test_torchvision_style_dynamic():
+    model = TorchvisionStyle().eval()
+    dyn = ({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),), dynamic_shapes=dyn)
+    x = torch.randn(1, 3, 41, 27)
+    for a, b in zip(_flat(fused(x)), _flat(model(x))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [False, True], ids=["eval", "train"])
+def test_segnet_style(mode):
+    fused = _check_same(SegNetStyle(), torch.randn(2, 3, 23, 30), mode)
+    assert len(fused.rewrites) == 2
+    assert all("max_unpool2d" in r for r in fused.rewrites)
+
+
+class NotRewritten(nn.Module):
+    """Patterns that must stay: a deconvolution used sliced and unsliced, a batch crop,
+    antialiased and nearest interpolation, unpooling of indices from elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 3, 4, stride=2)
+        self.up2 = nn.ConvTranspose2d(3, 3, 4, stride=2)
+
+    def forward(self, x, ind):
+        h = self.up(x)
+        a = h[:, :, 1:1 + x.size(2), 1:1 + x.size(3)] + h.mean()
+        b = self.up2(x)[:1, :, 1:5, 1:5]
+        c = F.interpolate(x, scale_factor=2, mode="bilinear", antialias=True)
+        d = F.interpolate(x, scale_factor=2, mode="nearest")
+        e = F.max_unpool2d(x, ind, 2)
+        return a, b, c, d, e
+
+
+def test_unrecognised_patterns_left_alone():
+    x = torch.randn(2, 3, 6, 6)
+    _, ind = F.max_pool2d(torch.randn(2, 3, 12, 12), 2, return_indices=True)
+    model = NotRewritten()
+    fused = fk.fuse(model, (x, ind))
+    assert fused.rewrites == []
+    targets = {n.target for g in fused._graphs.values() for n in g.graph.nodes}
+    assert not any(getattr(t, "namespace", None) == "fcn_kernels" for t in targets)
+    for a, b in zip(fused(x, ind), model(x, ind)):
+        torch.testing.assert_close(a, b)
+
+
+def test_log_line(caplog):
+    with caplog.at_level("INFO", logger="fcn_kernels.fuse"):
+        fk.fuse(ClassicFCN("fcn32s").eval(), (torch.randn(1, 3, 32, 32),))
+    lines = [r.getMessage() for r in caplog.records if r.name == "fcn_kernels.fuse"]
+    assert len(lines) == 1 and "upscore" in lines[0] and "1 rewrite" in lines[0]
+
+
+@pytest.mark.parametrize("model_fn,n", [(lambda: ClassicFCN("fcn8s"), 1),
+                                         (TorchvisionStyle, 2), (SegNetStyle, 2)])
+def test_fx_capture(model_fn, n):
+    # torch.fx symbolic tracing (used where torch.export fails): torch-level patterns;
+    # the graph calls the submodules, so one graph serves both modes.
+    model = model_fn()
+    x = torch.randn(2, 3, 33, 30)
+    fused = _check_same(model, x, True, capture="fx")
+    assert fused.capture == "fx" and len(fused.rewrites) == n
+    fused.eval()
+    model.eval()
+    for a, b in zip(_flat(fused(x)), _flat(model(x))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_to_dtype_rebinds():
+    model = TorchvisionStyle().eval()
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),), dynamic_shapes=(
+        {2: Dim.DYNAMIC, 3: Dim.DYNAMIC},))
+    fused.double()
+    assert model.backbone[1].running_mean.dtype == torch.float64
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(fused(x)["out"], model(x)["out"])
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="model"):
+        fk.fuse(lambda x: x, (torch.randn(1),))
+    with pytest.raises(TypeError, match="example_inputs"):
+        fk.fuse(ClassicFCN(), [torch.randn(1, 3, 8, 8)])
+    with pytest.raises(ValueError, match="capture"):
+        fk.fuse(ClassicFCN(), (torch.randn(1, 3, 8, 8),), capture="jit")
+
+
+def test_decomposed_convolution_pattern():
+    # After run_decompositions a transposed convolution is aten.convolution(...,
+    # transposed=True, ...): the same rewrite applies.
+    from fcn_kernels.fuse import _rewrite_aten
+    model = ClassicFCN("fcn32s").eval()
+    x = torch.randn(1, 3, 32, 32)
+    gm = torch.export.export(model, (x,)).run_decompositions().module()
+    assert torch.ops.aten.convolution.default in {n.target for n in gm.graph.nodes}
+    assert [r.split(":")[0] for r in _rewrite_aten(gm)] == ["upscore"]
+    torch.testing.assert_close(gm(x), model(x), atol=1e-4, rtol=1e-4)
