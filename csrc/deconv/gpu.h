@@ -352,7 +352,11 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
   // invalid launch). No terms: zeros.
   if (numel == 0) return at::empty(weight_size, self.options());
   if (N == 0 || grad_output.numel() == 0) return at::zeros(weight_size, self.options());
-  if (!use_gather(cin_g, cout_g, KH, KW, stride, dilation)) {
+  // The gradient of any weight is dense, so the diagonal flag does not help here; the
+  // block-per-weight-element reduction re-reads grad_output once per (ci, tap) pair,
+  // cin_g x taps times (84 for FCN's 21-class upscore8: far more bytes than cuDNN's
+  // implicit GEMM), so it is used for depthwise weights only.
+  if (cin_g != 1 || !use_gather(cin_g, cout_g, KH, KW, stride, dilation)) {
     const DenseAxes r = dense_axes(self.sizes().slice(2), grad_output.sizes().slice(2),
                                    weight_size.slice(2), stride, padding, dilation, offset);
     const at::Tensor w_like = at::empty(weight_size, self.options());  // sizes only
