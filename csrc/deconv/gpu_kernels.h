@@ -299,8 +299,10 @@ struct WeightGradKernel {
     }
     acc_t acc = acc_t(0);
     if (cnt[0] > 0 && cnt[1] > 0) {
-      const int64_t rows = int64_t(N) * cnt[0];
-      const index_t r0 = index_t(rows * t.block.y / S), r1 = index_t(rows * (t.block.y + 1) / S);
+      // Slice z of S: rows [z*base + min(z, rem), ...) with rows = base*S + rem, in
+      // index_t (no 64-bit division in the int32 variant).
+      const index_t rows = N * cnt[0], base = rows / S, rem = rows % S, z = t.block.y;
+      const index_t r0 = z * base + imin(z, rem), r1 = r0 + base + (z < rem ? 1 : 0);
       index_t r = r0 + index_t(t.thread.y);
       index_t n = r / cnt[0], a = r - n * cnt[0];
       for (; r < r1; r += kWgradY) {
