@@ -9,7 +9,7 @@
 namespace fcn_kernels {
 
 // ---------------------------------------------------------------------------
-// Transposed convolution + crop (deconv_cpu.cpp / deconv_cuda.cu).
+// Transposed convolution + crop (deconv/cpu.cpp, deconv/gpu_kernels.h).
 // Full-map coordinate of input index i under tap k: Y = i*s - p + k*d. The cropped
 // output coordinate is o = Y - off. Forward gathers (o -> i), backward scatters are
 // rewritten as gathers (i -> o); both directions are these two functions.
@@ -35,7 +35,10 @@ FK_HD int64_t deconv_target(int64_t i, int64_t k, int64_t s, int64_t p, int64_t 
 // The taps k with deconv_source(Y, k, ...) defined form an arithmetic progression
 // k = first, first + step, ... (step = s / gcd(s, d)): iterate those only instead of
 // testing all K taps (FCN's k64 s32 upsampling: 2 taps, not 64, per axis).
-// Returns first in [0, step) or -1 when no tap of any size can reach Y.
+// Returns first in [0, step) or -1 when no tap of any size can reach Y. Closed form:
+// k*d = Y + p (mod s) has a solution iff g = gcd(s, d) divides r = (Y + p) mod s, then
+// k = (r/g) * (d/g)^-1 mod step. (The GPU kernels, deconv/gpu_kernels.h, do the same
+// with the inverse computed once on the host.)
 FK_HD int64_t deconv_first_tap(int64_t Y, int64_t s, int64_t p, int64_t d, int64_t& step) {
   int64_t a = s, b = d;
   while (b != 0) {
@@ -44,11 +47,19 @@ FK_HD int64_t deconv_first_tap(int64_t Y, int64_t s, int64_t p, int64_t d, int64
     b = t;
   }
   step = s / a;
-  for (int64_t k = 0; k < step; ++k) {
-    const int64_t t = Y + p - k * d;
-    if (((t % s) + s) % s == 0) return k;
+  const int64_t r = ((Y + p) % s + s) % s;
+  if (r % a != 0) return -1;
+  // (d/g)^-1 mod step by the extended Euclid algorithm.
+  int64_t r0 = step, r1 = (d / a) % step, t0 = 0, t1 = 1;
+  while (r1 != 0) {
+    const int64_t q = r0 / r1, r2 = r0 - q * r1, t2 = t0 - q * t1;
+    r0 = r1;
+    r1 = r2;
+    t0 = t1;
+    t1 = t2;
   }
-  return -1;
+  const int64_t inv = step == 1 ? 0 : (t0 % step + step) % step;
+  return (r / a) % step * inv % step;
 }
 
 inline int64_t deconv_full_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
@@ -133,20 +144,6 @@ inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weigh
                 cout, " elements");
     check_same(*bias, self, "bias and input");
   }
-}
-
-// True when every group's (Cin_g x Cout_g) channel block is diagonal (Cin_g == Cout_g,
-// zeros off the diagonal): FCN's bilinear upsampling weight, and any depthwise one.
-// Then output channel c reads only input channel c, which the fast paths exploit;
-// the check is exact (a NaN/Inf off the diagonal counts as non-zero).
-inline bool deconv_is_channel_diagonal(const at::Tensor& w, int64_t groups) {
-  const int64_t cin_g = w.size(0) / groups, cout_g = w.size(1);
-  if (cin_g != cout_g) return false;
-  if (cin_g == 1) return true;
-  const at::Tensor w5 = w.reshape({groups, cin_g, cout_g, w.size(2), w.size(3)});
-  const at::Tensor nz_all = w5.ne(0).sum();
-  const at::Tensor nz_diag = w5.diagonal(0, 1, 2).ne(0).sum();
-  return nz_all.sub(nz_diag).item().toLong() == 0;  // one host sync on CUDA
 }
 
 }  // namespace fcn_kernels
