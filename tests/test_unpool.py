@@ -334,22 +334,22 @@ def test_int64_index_kernels(dtype, device):
                                          ((3, 2), (4, 3), (1, 1), (9, 7)), (1, 2, 0, (3, 4))])
 def test_fast_path_window_check(k, s, p, hw, device):
     # Geometries where the fast path applies (disjoint windows, some cut by padding or
-    # the output's edge). One plane per (input j, output o): max-pool indices except
-    # that input j names o. Exact whether or not o lies in j's window, so the
-    # window check must be right at every edge (else the fast result is kept wrongly).
-    y, i = pooled((1, 1) + hw, k, s, p, True)
+    # the output's edge). For every input j and output o, one call with max-pool
+    # indices except that input j (of channel 1) names o: exact whether or not o lies
+    # in j's window, so the window check must be right at every edge (a stray index
+    # accepted as local loses its value). One stray per call: the fallback to the
+    # general path is decided per call.
+    y, i = pooled((1, 2) + hw, k, s, p, True)
+    x = torch.randn(y.shape)
     ih, iw = i.shape[-2:]
-    plane = hw[0] * hw[1]
-    pairs = [(j, o) for j in range(ih * iw) for o in range(plane)]
-    pairs += pairs[: -len(pairs) % 4]  # 4 channels per image (channels_last)
-    ind = i.repeat(len(pairs), 1, 1, 1)
-    for n, (j, o) in enumerate(pairs):
-        ind[n, 0].view(-1)[j] = o
-    ind = ind.view(-1, 4, ih, iw)
-    x = torch.randn(ind.shape)
     for layout in ("contiguous", "channels_last"):
-        xd, idd = to_layout(x.to(device), layout), to_layout(ind.to(device), layout)
-        assert_same(fk.max_unpool2d(xd, idd, k, s, p, output_size=hw), reference(x, ind, hw))
+        for j in range(ih * iw):
+            for o in range(hw[0] * hw[1]):
+                ind = i.clone()
+                ind[0, 1].view(-1)[j] = o
+                xd, idd = to_layout(x.to(device), layout), to_layout(ind.to(device), layout)
+                assert_same(fk.max_unpool2d(xd, idd, k, s, p, output_size=hw),
+                            reference(x, ind, hw))
 
 
 def test_general_path_paths(device):
