@@ -404,6 +404,25 @@ def test_capture_no_sync(device):
                 fk.max_unpool2d(yy, jj, k, s, output_size=(8, 8))
 
 
+def test_many_planes(device):
+    # More planes than the GPU code's capped grids have blocks along z (a few waves
+    # per SM): threads loop over planes, the backward stepping (n, c) without division.
+    y, i = pooled((60, 210, 4, 6), 2, 2, 0, False, device=device)
+    j = i.clone()
+    j[59, 209, 1, 2] = 0  # not in its window: the (gated) general path
+    g = torch.randn(60, 210, 4, 6, device=device)
+    for layout in ("contiguous", "channels_last"):
+        yy = to_layout(y, layout)
+        for ind in (i, j):
+            assert_same(fk.max_unpool2d(yy, to_layout(ind, layout), 2, output_size=(4, 6)),
+                        F.max_unpool2d(y.cpu(), ind.cpu(), 2, output_size=(4, 6)))
+        for gg in (to_layout(g, layout), g[:1, :1, :1, :1].expand(g.shape),
+                   g[:, :1].expand(g.shape)):
+            ii = to_layout(i, layout)
+            assert_same(ops.max_unpool2d_backward(gg, ii, [2, 2], [2, 2], [0, 0]),
+                        gg.cpu().flatten(2).gather(2, i.cpu().flatten(2)).view(i.shape))
+
+
 def strided_grads(shape, dtype, device):
     """Gradients for the unpooled output in every stride pattern the backward reads
     directly (expanded, strided, channels_last) or first copies (planes not flat)."""

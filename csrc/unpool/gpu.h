@@ -70,6 +70,13 @@ inline RowsLaunch rows_launch(int64_t row_len, int64_t rows, int64_t planes,
   return l;
 }
 
+// Grids of a few waves (8 blocks of 256 threads fill an SM): a thread then handles
+// several rows or planes, so its one-off divisions are spread over their elements.
+template <typename L>
+int64_t unpool_max_blocks() {
+  return int64_t(L::sm_count()) * 32;
+}
+
 // The kernels' loops: element e of the row (fixed per thread), rows r, planes p.
 #define FK_UNPOOL_ROW_ELEMENT(I, e, row_len)                                  \
   const I e = static_cast<I>(t.block.x) * static_cast<I>(t.block_dim.x) + \
@@ -110,22 +117,26 @@ struct FastForward {
     const bool in_col = dw < kw && ww < IW;
     const bool first_col = ow == (c0 > 0 ? c0 : 0);
     const I cols = (c0 + kw < OW ? c0 + kw : OW) - ow;  // window columns from ow on
-    FK_UNPOOL_FOR_PLANES(I, p, P) {
-      FK_UNPOOL_FOR_ROWS(I, oh, OH) {
-        const I wh = (oh + ph) / sh, dh = oh + ph - wh * sh;
+    const I in_plane = IH * IW * V, out_plane = OH * OW * V;
+    // Rows outside, planes inside: the row's window arithmetic (a division by sh) is
+    // done once per row and thread, the plane loop is multiply-adds only.
+    FK_UNPOOL_FOR_ROWS(I, oh, OH) {
+      const I wh = (oh + ph) / sh, dh = oh + ph - wh * sh, r0 = wh * sh - ph;
+      const bool in_win = in_col && dh < kh && wh < IH;
+      // The window's first in-range output checks that its index lies in the window.
+      const bool check = in_win && first_col && oh == (r0 > 0 ? r0 : 0);
+      const I rows = (r0 + kh < OH ? r0 + kh : OH) - oh;  // window rows from oh on
+      const int64_t here = static_cast<int64_t>(oh) * OW + ow;
+      const I k0 = in_win ? (wh * IW + ww) * V + c : I(0), o0 = oh * OW * V + e;
+      FK_UNPOOL_FOR_PLANES(I, p, P) {
         T v = T(0);
-        if (in_col && dh < kh && wh < IH) {
-          const I k = ((p * IH + wh) * IW + ww) * V + c;
+        if (in_win) {
+          const I k = p * in_plane + k0;
           const int64_t i = ind[k];
-          const int64_t here = static_cast<int64_t>(oh) * OW + ow;
           if (i == here) v = x[k];
-          const I r0 = wh * sh - ph;
-          if (first_col && oh == (r0 > 0 ? r0 : 0)) {
-            const I rows = (r0 + kh < OH ? r0 + kh : OH) - oh;
-            if (!in_window<I>(i - here, rows, cols, OW)) raise_flag(not_local);
-          }
+          if (check && !in_window<I>(i - here, rows, cols, OW)) raise_flag(not_local);
         }
-        y[((p * OH + oh) * OW) * V + e] = v;
+        y[p * out_plane + o0] = v;
       }
     }
   }
@@ -220,9 +231,11 @@ struct GatherBackward {
   FK_HD void operator()(const Thread& t) const {
     FK_UNPOOL_ROW_ELEMENT(I, e, IW * V);
     const I c = V == 1 ? I(0) : e % V;
+    // Plane p = n * Cp + pc, stepped by grid.z without a division per plane.
+    const I step = static_cast<I>(t.grid.z), dn = step / Cp, dpc = step - dn * Cp;
+    I n = static_cast<I>(t.block.z) / Cp, pc = static_cast<I>(t.block.z) - n * Cp;
     FK_UNPOOL_FOR_PLANES(I, p, P) {
-      const I n = Cp == 1 ? p : p / Cp, ch = p - n * Cp + c;
-      const T* gp = g + n * gN + ch * gC;
+      const T* gp = g + n * gN + (pc + c) * gC;
       FK_UNPOOL_FOR_ROWS(I, h, IH) {
         const I k = ((p * IH + h) * IW) * V + e;
         const int64_t i = ind[k];
@@ -232,6 +245,12 @@ struct GatherBackward {
           gx[k] = T(0);
           raise_flag(bad);
         }
+      }
+      n += dn;
+      pc += dpc;
+      if (pc >= Cp) {
+        pc -= Cp;
+        ++n;
       }
     }
   }
@@ -261,14 +280,14 @@ void unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s
   int* bad = not_local + 1;
   const I P = u.P, V = u.V, IH = u.IH, IW = u.IW, OH = u.OH, OW = u.OW;
   const int* gate = nullptr;
-  int64_t max_blocks = 0;
+  int64_t max_blocks = unpool_max_blocks<L>();
   if (fast_path_applies(u, k, s, pad)) {
-    const RowsLaunch l = rows_launch(OW * V, OH, P);
+    const RowsLaunch l = rows_launch(OW * V, OH, P, max_blocks);
     L::launch("max_unpool2d_fast", l.grid, l.block, 0,
               FastForward<T, I>{x, ind, y, not_local, P, V, IH, IW, OH, OW, I(k[0]), I(k[1]),
                                 I(s[0]), I(s[1]), I(pad[0]), I(pad[1])});
     gate = not_local;
-    max_blocks = int64_t(L::sm_count()) * 8;  // one full wave of 256-thread blocks
+    max_blocks = int64_t(L::sm_count()) * 8;  // one wave: an exit costs little
   }
   // Winners in place in the output when elements have the index's size (the gather
   // overwrites each with its value), else in a scratch buffer.
@@ -343,7 +362,7 @@ at::Tensor max_unpool2d_backward_gpu(const at::Tensor& grad_output, const at::Te
     using T = decltype(zero);
     with_index_type(fits_int32({u.out.numel(), extent}), [&](auto index_zero) {
       using I = decltype(index_zero);
-      const RowsLaunch l = rows_launch(u.IW * u.V, u.IH, u.P);
+      const RowsLaunch l = rows_launch(u.IW * u.V, u.IH, u.P, unpool_max_blocks<L>());
       L::launch("max_unpool2d_backward", l.grid, l.block, 0,
                 GatherBackward<T, I>{static_cast<const T*>(u.src.const_data_ptr()),
                                      u.indices.const_data_ptr<int64_t>(),
