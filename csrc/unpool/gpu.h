@@ -10,8 +10,10 @@
 // Every kernel runs threads along a row of a plane (block.x, whole warps: coalesced in
 // both layouts, a row being W*V contiguous elements), rows over grid.y (and block.y
 // when rows are short), planes over grid.z; rows and planes loop when the grid is
-// capped. A thread divides by V once (its channel); the per-element index math is
-// multiply-adds in int32 whenever every offset fits (fits_int32), int64 otherwise.
+// capped (a few waves of blocks). Divisions (by V, by the stride) happen once per
+// thread or per row; the per-element index math is multiply-adds, in int32 whenever
+// every offset fits (fits_int32), int64 otherwise. No floating-point arithmetic:
+// elements are moved as bits.
 //
 // Forward:
 // * fast path, when pooling windows neither overlap nor lie wholly outside the output
@@ -25,7 +27,8 @@
 //   these kernels run gated on the device flag: they exit at once unless it was
 //   raised, so the fallback costs no host sync (and works under CUDA-graph capture).
 //   They use a grid of a few blocks per SM (grid-stride loops), so an exit is cheap.
-// Host syncs: one per forward and per checked backward (eager mode), reading the flag
+// Backward: a gather, grad_output read through its strides (no copy of an expanded
+// gradient). Host syncs: one per forward and per checked backward (eager mode), reading the flag
 // of out-of-range indices to raise an IndexError (raise_bad_index). While a CUDA graph
 // is being captured (L::capturing()) there is none: out-of-range indices are still
 // bounds-checked in the kernels and never read or write out of bounds; the forward
