@@ -26,8 +26,10 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
       the output gradient at its index, a gather; with such duplicate indices that is
       not the derivative of "last wins", exactly as in ATen.
     * An index outside the output plane raises an IndexError naming it, on CUDA too (no
-      device-side assert). Checking costs the CUDA forward one host sync (so it cannot
-      be captured in a CUDA graph); the backward relies on that check and does not sync.
+      device-side assert). Checking costs the CUDA forward one host sync; the backward
+      relies on that check and does not sync. While a CUDA graph is being captured
+      nothing syncs and nothing is raised: such indices are ignored by the forward and
+      read as 0 by the backward (never accessed out of bounds).
     * kernel_size and stride must be positive and padding non-negative (ATen accepts
       anything that gives a non-negative size), and the output must be non-empty.
     * Works under ``torch.use_deterministic_algorithms(True)`` (ATen raises).

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fcn_kernels as fk
 from fcn_kernels.testing import emulated_capture, emulated_cuda, index32_limit
 
-from conftest import TOL, assert_close, requires_cuda
+from helpers import TOL, assert_close, requires_cuda
 
 OPS = torch.ops.fcn_kernels
 

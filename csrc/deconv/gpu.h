@@ -2,10 +2,11 @@
 // (gpu/launch.h), instantiated for CUDA in deconv/cuda.cu and for the CPU emulation in
 // deconv/emu.cpp. Kernel bodies: deconv/gpu_kernels.h.
 //
-// Two paths, chosen from the shapes alone (never from the weight's values, which would
-// need a host sync):
-// * gather (square channel blocks, cin_g == cout_g, with few multiply-adds per output:
-//   FCN's 21->21 upsampling weights, depthwise ones): a tiny kernel decides on the
+// Two paths, chosen from the shapes and requires_grad alone (never from the weight's
+// values, which would need a host sync):
+// * gather (square channel blocks, cin_g == cout_g, with few multiply-adds per output,
+//   not trained unless depthwise: FCN's fixed 21->21 upsampling weights, depthwise
+//   ones; see use_gather): a tiny kernel decides on the
 //   device whether the weight is channel-diagonal (DiagCheckKernel), and the gather
 //   kernels read that flag: one channel per output (diagonal) or the group's cin_g.
 //   Deterministic always (no atomics; the weight gradient is a fixed-order tree).
@@ -51,12 +52,22 @@ inline int64_t taps_per_output(int64_t K, int64_t s, int64_t d) {
   return (K + step - 1) / step;
 }
 
-inline bool use_gather(int64_t cin_g, int64_t cout_g, int64_t KH, int64_t KW,
-                       at::IntArrayRef stride, at::IntArrayRef dilation) {
+inline bool gather_fits(int64_t cin_g, int64_t cout_g, int64_t KH, int64_t KW,
+                        at::IntArrayRef stride, at::IntArrayRef dilation) {
   if (cin_g != cout_g || cin_g == 0) return false;
   const int64_t macs = cin_g * taps_per_output(KH, stride[0], dilation[0]) *
                        taps_per_output(KW, stride[1], dilation[1]);
   return macs <= kGatherMaxMacs;
+}
+
+// A weight autograd is training (requires_grad) takes the dense path unless depthwise:
+// learned square weights are dense in practice (FCN's upscore2 / upscore_pool4 start
+// as the bilinear filter and leave the diagonal at the first step), and there cuDNN
+// wins. FCN's fixed upsampling weights are frozen. Only speed depends on this choice.
+inline bool use_gather(const at::Tensor& weight, int64_t cin_g, int64_t cout_g, int64_t KH,
+                       int64_t KW, at::IntArrayRef stride, at::IntArrayRef dilation) {
+  if (cin_g > 1 && weight.requires_grad()) return false;
+  return gather_fits(cin_g, cout_g, KH, KW, stride, dilation);
 }
 
 // 1 + the largest element offset a tensor's strides reach (its numel when dense).
@@ -235,7 +246,7 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return bias.defined() ? y.add_(bias.view({1, Cout, 1, 1})) : y;
   }
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(cin_g, cout_g, KH, KW, stride, dilation)) {
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
     return dense_forward(self, w, bias, stride, padding, output_padding, groups, dilation,
                          offset, size, fmt);
   }
@@ -287,7 +298,7 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(
   if (gx.numel() == 0) return gx;
   if (OH == 0 || OW == 0) return gx.zero_();
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(cin_g, cout_g, KH, KW, stride, dilation)) {
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
     const DenseAxes r = dense_axes(input_size.slice(2), grad_output.sizes().slice(2),
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
@@ -356,7 +367,7 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
   // block-per-weight-element reduction re-reads grad_output once per (ci, tap) pair,
   // cin_g x taps times (84 for FCN's 21-class upscore8: far more bytes than cuDNN's
   // implicit GEMM), so it is used for depthwise weights only.
-  if (cin_g != 1 || !use_gather(cin_g, cout_g, KH, KW, stride, dilation)) {
+  if (cin_g != 1 || !gather_fits(cin_g, cout_g, KH, KW, stride, dilation)) {
     const DenseAxes r = dense_axes(self.sizes().slice(2), grad_output.sizes().slice(2),
                                    weight_size.slice(2), stride, padding, dilation, offset);
     const at::Tensor w_like = at::empty(weight_size, self.options());  // sizes only

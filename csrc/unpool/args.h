@@ -128,17 +128,19 @@ inline void check_unpool_geometry(at::IntArrayRef kernel_size, at::IntArrayRef s
 // One unpooling problem in the (P, H, W, V) view of common/tensor.h (P planes of V
 // interleaved channels): `src` (forward: the input, backward: grad_output) and
 // `indices` made contiguous in the working layout (layout_of(src)), `out` allocated in
-// it. Indices planes are IH x IW, unpooled planes OH x OW.
+// it. Indices planes are IH x IW, unpooled planes OH x OW. With `strided_src`, src is
+// kept as given (a kernel that reads it through its strides: the GPU backward).
 struct UnpoolProblem {
   at::Tensor src, indices, out;
   int64_t P, V, IH, IW, OH, OW;
 };
 
 inline UnpoolProblem unpool_problem(const at::Tensor& src, const at::Tensor& indices,
-                                    at::IntArrayRef out_sizes, int64_t OH, int64_t OW) {
+                                    at::IntArrayRef out_sizes, int64_t OH, int64_t OW,
+                                    bool strided_src = false) {
   const auto fmt = layout_of(src);
   UnpoolProblem u;
-  u.src = src.contiguous(fmt);
+  u.src = strided_src ? src : src.contiguous(fmt);
   u.indices = indices.contiguous(fmt);
   u.out = at::empty(out_sizes, u.src.options().memory_format(fmt));
   std::tie(u.P, u.V) = planes_and_vec(u.src, fmt);
@@ -165,13 +167,14 @@ inline UnpoolProblem unpool_backward_problem(const at::Tensor& grad_output,
                                              const at::Tensor& indices,
                                              at::IntArrayRef kernel_size,
                                              at::IntArrayRef stride,
-                                             at::IntArrayRef padding) {
+                                             at::IntArrayRef padding,
+                                             bool strided_src = false) {
   check_unpool_values(grad_output, "grad_output");
   check_unpool_indices(indices, grad_output, "grad_output", /*same_shape=*/false);
   const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
   check_unpool_geometry(kernel_size, stride, padding, indices.size(2), indices.size(3), OH,
                         OW);
-  return unpool_problem(grad_output, indices, indices.sizes(), OH, OW);
+  return unpool_problem(grad_output, indices, indices.sizes(), OH, OW, strided_src);
 }
 
 }  // namespace fcn_kernels
