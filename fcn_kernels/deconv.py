@@ -4,32 +4,15 @@ import numbers
 
 import torch
 
-from ._common import check_tensor4d, empty_like_layout, pair
+from ._common import empty_like_layout, pair
 from ._common import deconv_full_size as _full_size
 
 _ops = torch.ops.fcn_kernels
 
 
-def _ints(value, name, minimum):
-    v = pair(value, name)
-    if type(v[0]) is int and type(v[1]) is int and v[0] >= minimum and v[1] >= minimum:
-        return v  # fast path
-    for item in v:
-        if not isinstance(item, torch.SymInt) and item < minimum:
-            what = "positive" if minimum == 1 else f">= {minimum}"
-            raise ValueError(f"{name} must be {what}, got {value!r}")
-    return tuple(v)
-
-
-def _autocast(x, weight, bias):
-    """Under torch.autocast, cast like ATen's conv_transpose2d (a lower-precision op):
-    every operand to the autocast dtype of the input's device type."""
-    dev = x.device.type
-    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
-        return x, weight, bias
-    dt = torch.get_autocast_dtype(dev)
-    cast = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t  # noqa: E731
-    return cast(x), cast(weight), cast(bias)
+def _tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def conv_transpose2d_crop(x, weight, bias=None, stride=1, padding=0, output_padding=0,
@@ -44,67 +27,37 @@ def conv_transpose2d_crop(x, weight, bias=None, stride=1, padding=0, output_padd
     ``x`` is (N, C, H, W) or, as for F.conv_transpose2d, unbatched (C, H, W).
     The output is channels_last when ``x`` is. Backward is deterministic.
     """
-    if isinstance(x, torch.Tensor) and x.dim() == 3:
+    # Only argument forms are handled here; every value is checked once, in C++
+    # (csrc/deconv/args.h), with the same exception types and words whether the op is
+    # called through this wrapper or directly. Autocast is the C++ Autocast kernel's.
+    _tensor(x, "input")
+    _tensor(weight, "weight")
+    if x.dim() == 3:  # unbatched (C, H, W), as F.conv_transpose2d accepts
         return conv_transpose2d_crop(x.unsqueeze(0), weight, bias, stride, padding,
                                      output_padding, groups, dilation, offset, size).squeeze(0)
-    if isinstance(x, torch.Tensor) and x.dim() != 4:
+    if x.dim() != 4:
         raise ValueError("input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got shape "
                          f"{tuple(x.shape)}")
-    check_tensor4d(x, "input")
-    check_tensor4d(weight, "weight")
-    x, weight, bias = _autocast(x, weight, bias)
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise TypeError(f"weight must have the input's dtype and device ({x.dtype}, {x.device}),"
-                        f" got {weight.dtype} on {weight.device}")
+    if bias is not None:
+        _tensor(bias, "bias")
     if isinstance(groups, bool) or not isinstance(groups, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"groups must be an integer, got {groups!r}")
-    if groups <= 0:
-        raise ValueError(f"groups must be positive, got {groups}")
-    cin = x.shape[1]
-    if cin % groups != 0 or weight.shape[0] != cin:
-        raise ValueError(f"weight.shape[0] ({weight.shape[0]}) must equal the input channels "
-                         f"({cin}), divisible by groups ({groups})")
-    if any(v == 0 for v in weight.shape[1:]):
-        raise ValueError(f"weight must have non-empty output channel and kernel dimensions, "
-                         f"got shape {tuple(weight.shape)}")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"input must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
-    cout = weight.shape[1] * groups
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        if bias.dtype != x.dtype or bias.device != x.device:
-            raise TypeError(f"bias must have the input's dtype and device ({x.dtype}, {x.device}),"
-                            f" got {bias.dtype} on {bias.device}")
-        if bias.shape != (cout,):
-            raise ValueError(f"bias must have shape ({cout},), got {tuple(bias.shape)}")
-    stride = _ints(stride, "stride", 1)
-    padding = _ints(padding, "padding", 0)
-    output_padding = _ints(output_padding, "output_padding", 0)
-    dilation = _ints(dilation, "dilation", 1)
-    offset = _ints(offset, "offset", 0)
-    for op, s, d in zip(output_padding, stride, dilation):
-        if op >= s and op >= d:
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, "
-                             f"got output_padding={output_padding}, stride={stride}, "
-                             f"dilation={dilation}")
-    full = tuple(_full_size(n, k, s, p, d, op) for n, k, s, p, d, op in zip(
-        x.shape[2:], weight.shape[2:], stride, padding, dilation, output_padding))
-    if any(f <= 0 for f in full):
-        raise ValueError(f"the transposed convolution output would be empty ({full}); "
-                         f"check padding={padding}")
-    if size is None:
+    stride, padding, output_padding = (pair(stride, "stride"), pair(padding, "padding"),
+                                       pair(output_padding, "output_padding"))
+    dilation, offset = pair(dilation, "dilation"), pair(offset, "offset")
+    if size is None and weight.dim() == 4:  # from the offset to the end of the full map
+        full = tuple(_full_size(n, k, s, p, d, op) for n, k, s, p, d, op in zip(
+            x.shape[2:], weight.shape[2:], stride, padding, dilation, output_padding))
         size = tuple(f - o for f, o in zip(full, offset))
-        if any(v <= 0 for v in size):
+        if all(f > 0 for f in full) and any(v <= 0 for v in size):
             raise ValueError(f"offset {offset} lies outside the full output of size {full}")
+    elif size is None:
+        size = (1, 1)  # the C++ check rejects the weight first
     else:
-        size = _ints(size, "size", 1)
-    for o, n, f in zip(offset, size, full):
-        if o + n > f:
-            raise ValueError(f"crop window offset={offset}, size={tuple(size)} does not fit in "
-                             f"the full transposed convolution output of size {full}")
-    return _ops.conv_transpose2d_crop(x, weight, bias, stride, padding, output_padding,
-                                      groups, dilation, offset, list(size))
+        size = pair(size, "size")
+    return _ops.conv_transpose2d_crop(x, weight, bias, list(stride), list(padding),
+                                      list(output_padding), groups, list(dilation),
+                                      list(offset), list(size))
 
 
 def bilinear_kernel(channels, kernel_size, dtype=torch.float32, device=None):

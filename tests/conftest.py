@@ -6,18 +6,22 @@ import fcn_kernels
 from fcn_kernels.testing import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and fcn_kernels.cuda_built()
-_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+_NEEDS_CUDA = "needs a CUDA GPU and a CUDA build"
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason=_NEEDS_CUDA)
 
 
-def requires_cuda(test):
-    """Skip without a GPU; marked `cuda` so `pytest -m cuda` (gpu-check) selects it."""
-    return pytest.mark.cuda(_skip_without_cuda(test))
+def pytest_collection_modifyitems(items):
+    # Every test that needs a GPU carries the `cuda` mark, so `pytest -m cuda`
+    # (benches/gpu_check.py) selects exactly them.
+    for item in items:
+        if any(m.kwargs.get("reason") == _NEEDS_CUDA for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
 
 # Every test that takes `device` runs on CPU, on the CUDA code emulated on the CPU
 # ("emu": CPU tensors, torch.ops.fcn_kernels routed to torch.ops.fcn_kernels_emu, see
 # fcn_kernels/testing.py), and on CUDA where a GPU is visible (skipped without one).
 DEVICES = ["cpu", pytest.param("emu", marks=pytest.mark.emu),
-           pytest.param("cuda", marks=[_skip_without_cuda, pytest.mark.cuda])]
+           pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 _EMULATING = [False]
 
 

@@ -411,24 +411,42 @@ def test_errors():
 
 
 def test_direct_op_errors_are_checked_in_cpp():
+    # One C++ check per op (csrc/deconv/args.h): a direct torch.ops call raises the same
+    # exception type, with the same words, as the Python wrapper.
     x = torch.randn(1, 4, 5, 5)
     w = torch.randn(4, 2, 3, 3)
-    with pytest.raises(RuntimeError, match="crop window"):
-        OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 1, [1, 1], [6, 0], [3, 3])
-    with pytest.raises(RuntimeError, match="groups"):
-        OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 3, [1, 1], [0, 0], [3, 3])
-    with pytest.raises(RuntimeError, match="grad_output"):
+    args = ([1, 1], [0, 0], [0, 0], 1, [1, 1], [0, 0], [3, 3])
+    cases = [  # (direct call, wrapper call, exception, message)
+        (lambda: OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 1, [1, 1], [6, 0], [3, 3]),
+         lambda: fk.conv_transpose2d_crop(x, w, offset=(6, 0), size=(3, 3)), ValueError, "crop window"),
+        (lambda: OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 3, [1, 1], [0, 0], [3, 3]),
+         lambda: fk.conv_transpose2d_crop(x, w, groups=3, size=(3, 3)), ValueError, "divisible by groups"),
+        (lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(3), *args),
+         lambda: fk.conv_transpose2d_crop(x, w, torch.randn(3), size=(3, 3)), ValueError,
+         r"bias must have shape \(2,\)"),
+        (lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), *args),
+         lambda: fk.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), size=(3, 3)),
+         TypeError, "bias must have the input's dtype"),
+        (lambda: OPS.conv_transpose2d_crop(x, w.double(), None, *args),
+         lambda: fk.conv_transpose2d_crop(x, w.double(), size=(3, 3)), TypeError,
+         "weight must have the input's dtype"),
+        (lambda: OPS.conv_transpose2d_crop(x, w, None, [2, 2], [0, 0], [2, 0], 1, [1, 1], [0, 0], [3, 3]),
+         lambda: fk.conv_transpose2d_crop(x, w, stride=2, output_padding=(2, 0), size=(3, 3)),
+         ValueError, "output_padding must be smaller"),
+        (lambda: OPS.conv_transpose2d_crop(x, w, None, [0, 1], [0, 0], [0, 0], 1, [1, 1], [0, 0], [3, 3]),
+         lambda: fk.conv_transpose2d_crop(x, w, stride=(0, 1), size=(3, 3)), ValueError,
+         "stride must be positive"),
+    ]
+    for direct, wrapped, exc, match in cases:
+        for call in (direct, wrapped):
+            with pytest.raises(exc, match=match):
+                call()
+    with pytest.raises(ValueError, match="grad_output"):
         OPS.conv_transpose2d_crop_backward_input(torch.randn(1, 3, 3, 3), w, [1, 4, 5, 5],
                                                  [1, 1], [0, 0], 1, [1, 1], [0, 0])
-    with pytest.raises(RuntimeError, match="stride"):
+    with pytest.raises(ValueError, match="stride"):
         OPS.conv_transpose2d_crop_backward_weight(torch.randn(1, 2, 3, 3), x, [4, 2, 3, 3],
                                                   [0, 1], [0, 0], 1, [1, 1], [0, 0])
-    with pytest.raises(RuntimeError, match="bias must be a 1-D tensor of 2 elements"):
-        OPS.conv_transpose2d_crop(x, w, torch.randn(3), [1, 1], [0, 0], [0, 0], 1, [1, 1],
-                                  [0, 0], [3, 3])
-    with pytest.raises(RuntimeError, match="bias and input must have the same dtype"):
-        OPS.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), [1, 1], [0, 0],
-                                  [0, 0], 1, [1, 1], [0, 0], [3, 3])
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")

@@ -250,6 +250,6 @@ def test_autocast_registered_in_cpp_for_direct_op_calls():
                      F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:9, 1:9],
                      torch.bfloat16)
     # Outside autocast mixed dtypes are an error, not a silent cast.
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="weight must have the input.s dtype"):
         torch.ops.fcn_kernels.conv_transpose2d_crop(
             x, w.double(), None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8])

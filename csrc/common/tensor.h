@@ -42,10 +42,12 @@ inline void check_float4d(const at::Tensor& t, const char* name) {
               " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
-inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type() && a.device() == b.device(), what,
-              " must have the same dtype and device, got ", a.scalar_type(), " on ",
-              a.device(), " and ", b.scalar_type(), " on ", b.device());
+// `t` (called `name`) has `ref`'s dtype and device; `whose` names ref ("the input's").
+inline void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                       const char* whose) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type() && t.device() == ref.device(), name,
+                   " must have ", whose, " dtype and device (", ref.scalar_type(), ", ",
+                   ref.device(), "), got ", t.scalar_type(), " on ", t.device());
 }
 
 }  // namespace fcn_kernels

@@ -67,59 +67,67 @@ inline int64_t deconv_full_size(int64_t in, int64_t k, int64_t s, int64_t p, int
   return (in - 1) * s - 2 * p + d * (k - 1) + op + 1;
 }
 
-// Shape checks shared by the three deconv ops (the Python wrapper gives friendlier
-// messages first). x: (N, Cin, IH, IW), weight: (Cin, Cout/groups, KH, KW).
+// The argument checks of the three deconv ops, shared by the CPU and GPU code, with
+// the exception types and words of the Python wrapper (fcn_kernels/deconv.py), which only
+// normalises arguments: a direct torch.ops call fails exactly as the wrapper does.
+// x: (N, Cin, IH, IW), weight: (Cin, Cout/groups, KH, KW).
 inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef stride,
                          at::IntArrayRef padding, int64_t groups, at::IntArrayRef dilation,
                          at::IntArrayRef offset) {
-  TORCH_CHECK(x.size() == 4 && w.size() == 4, "input and weight must be 4-D");
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
-                  offset.size() == 2,
-              "stride, padding, dilation and offset must have 2 elements");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ", padding);
-  TORCH_CHECK(offset[0] >= 0 && offset[1] >= 0, "offset must be >= 0, got ", offset);
-  TORCH_CHECK(groups > 0 && x[1] % groups == 0 && w[0] == x[1],
-              "weight.size(0) must equal input channels ", x[1],
-              " and be divisible by groups ", groups);
-  TORCH_CHECK(x[2] > 0 && x[3] > 0 && w[1] > 0 && w[2] > 0 && w[3] > 0,
-              "input and weight must have non-empty channel/spatial dimensions");
+  TORCH_CHECK_VALUE(x.size() == 4 && w.size() == 4, "input and weight must be 4-D");
+  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
+                        offset.size() == 2,
+                    "stride, padding, dilation and offset must have 2 elements");
+  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
+  TORCH_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ",
+                    dilation);
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ",
+                    padding);
+  TORCH_CHECK_VALUE(offset[0] >= 0 && offset[1] >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(groups > 0, "groups must be positive, got ", groups);
+  TORCH_CHECK_VALUE(x[1] % groups == 0 && w[0] == x[1], "weight.shape[0] (", w[0],
+                    ") must equal the input channels (", x[1], "), divisible by groups (",
+                    groups, ")");
+  TORCH_CHECK_VALUE(w[1] > 0 && w[2] > 0 && w[3] > 0,
+                    "weight must have non-empty output channel and kernel dimensions, got "
+                    "shape ",
+                    w);
+  TORCH_CHECK_VALUE(x[2] > 0 && x[3] > 0, "input must have non-empty spatial dimensions, got "
+                    "shape ", x);
 }
 
-
-// Argument checks of the two conv_transpose2d_crop backward ops (CPU and CUDA kernels).
+// Argument checks of the two conv_transpose2d_crop backward ops.
 inline void check_deconv_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                         at::IntArrayRef input_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, int64_t groups,
                                         at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(input_size.size() == 4, "input_size must have 4 elements");
+  TORCH_CHECK_VALUE(input_size.size() == 4, "input_size must have 4 elements");
   check_float4d(grad_output, "grad_output");
   check_float4d(weight, "weight");
-  check_same(grad_output, weight, "grad_output and weight");
+  check_same(weight, "weight", grad_output, "grad_output's");
   check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK(grad_output.size(0) == input_size[0] &&
-                  grad_output.size(1) == weight.size(1) * groups,
-              "grad_output shape ", grad_output.sizes(), " does not match input_size ",
-              input_size, " and weight ", weight.sizes());
+  TORCH_CHECK_VALUE(grad_output.size(0) == input_size[0] &&
+                        grad_output.size(1) == weight.size(1) * groups,
+                    "grad_output shape ", grad_output.sizes(), " does not match input_size ",
+                    input_size, " and weight ", weight.sizes());
 }
 
 inline void check_deconv_backward_weight(const at::Tensor& grad_output, const at::Tensor& self,
                                          at::IntArrayRef weight_size, at::IntArrayRef stride,
                                          at::IntArrayRef padding, int64_t groups,
                                          at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK(weight_size.size() == 4, "weight_size must have 4 elements");
+  TORCH_CHECK_VALUE(weight_size.size() == 4, "weight_size must have 4 elements");
   check_float4d(grad_output, "grad_output");
   check_float4d(self, "input");
-  check_same(grad_output, self, "grad_output and input");
+  check_same(grad_output, "grad_output", self, "the input's");
   check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
-  TORCH_CHECK(grad_output.size(0) == self.size(0) &&
-                  grad_output.size(1) == weight_size[1] * groups,
-              "grad_output shape ", grad_output.sizes(), " does not match input ",
-              self.sizes(), " and weight_size ", weight_size);
+  TORCH_CHECK_VALUE(grad_output.size(0) == self.size(0) &&
+                        grad_output.size(1) == weight_size[1] * groups,
+                    "grad_output shape ", grad_output.sizes(), " does not match input ",
+                    self.sizes(), " and weight_size ", weight_size);
 }
 
-// Every argument check of the conv_transpose2d_crop forward (CPU and CUDA kernels).
+// Every argument check of the conv_transpose2d_crop forward.
 inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef output_padding,
@@ -127,22 +135,36 @@ inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weigh
                                  at::IntArrayRef offset, at::IntArrayRef size) {
   check_float4d(self, "input");
   check_float4d(weight, "weight");
-  check_same(self, weight, "input and weight");
+  check_same(weight, "weight", self, "the input's");
   check_deconv(self.sizes(), weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK(output_padding.size() == 2 && size.size() == 2,
-              "output_padding and size must have 2 elements");
-  for (int a = 0; a < 2; ++a) {
-    const int64_t full = deconv_full_size(self.size(2 + a), weight.size(2 + a), stride[a],
-                                          padding[a], dilation[a], output_padding[a]);
-    TORCH_CHECK(size[a] > 0 && offset[a] + size[a] <= full, "crop window offset ", offset,
-                " size ", size, " does not fit the full output of size ", full,
-                " along dimension ", 2 + a);
-  }
+  TORCH_CHECK_VALUE(output_padding.size() == 2 && size.size() == 2,
+                    "output_padding and size must have 2 elements");
   if (bias.has_value() && bias->defined()) {
+    check_same(*bias, "bias", self, "the input's");
     const int64_t cout = weight.size(1) * groups;
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == cout, "bias must be a 1-D tensor of ",
-                cout, " elements");
-    check_same(*bias, self, "bias and input");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout, "bias must have shape (",
+                      cout, ",), got ", bias->sizes());
+  }
+  for (int a = 0; a < 2; ++a) {
+    TORCH_CHECK_VALUE(output_padding[a] >= 0 && (output_padding[a] < stride[a] ||
+                                                 output_padding[a] < dilation[a]),
+                      "output_padding must be smaller than either stride or dilation, got "
+                      "output_padding=", output_padding, ", stride=", stride, ", dilation=",
+                      dilation);
+  }
+  int64_t full[2];
+  for (int a = 0; a < 2; ++a) {
+    full[a] = deconv_full_size(self.size(2 + a), weight.size(2 + a), stride[a], padding[a],
+                               dilation[a], output_padding[a]);
+  }
+  const at::IntArrayRef full_size(full, 2);
+  TORCH_CHECK_VALUE(full[0] > 0 && full[1] > 0, "the transposed convolution output would be "
+                    "empty (", full_size, "); check padding=", padding);
+  TORCH_CHECK_VALUE(size[0] > 0 && size[1] > 0, "size must be positive, got ", size);
+  for (int a = 0; a < 2; ++a) {
+    TORCH_CHECK_VALUE(offset[a] + size[a] <= full[a], "crop window offset=", offset, ", size=",
+                      size, " does not fit in the full transposed convolution output of size ",
+                      full_size);
   }
 }
 
