@@ -4,20 +4,6 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def check_tensor4d(t, name: str) -> None:
-    """A 4-D floating point tensor, or a clear TypeError/ValueError naming `name`."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-
-
 def pair(value, name: str, kind=numbers.Integral):
     """Expand an int (or float, with kind=numbers.Real) or a 2-sequence to a tuple of 2."""
     # Fast path for the common plain-int cases (these wrappers run on every call).

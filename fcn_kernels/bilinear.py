@@ -4,7 +4,7 @@ import numbers
 
 import torch
 
-from ._common import check_finite_positive, check_tensor4d, empty_like_layout, pair
+from ._common import check_finite_positive, empty_like_layout, pair
 
 _ops = torch.ops.fcn_kernels
 
@@ -27,7 +27,12 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
     if isinstance(x, torch.Tensor) and x.dim() in (3, 5):
         # F.interpolate's own error (a 3-D input means "linear", a 5-D one "trilinear")
         raise NotImplementedError(f"Got {x.dim()}D input, but bilinear mode needs 4D input")
-    check_tensor4d(x, "input")
+    # Argument forms are normalised here; tensor values (dtype, spatial extent, output
+    # size) are checked once, in C++ (csrc/bilinear/args.h), for direct op calls alike.
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if align_corners is None:
         align_corners = False
     if not isinstance(align_corners, bool):
@@ -41,12 +46,8 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
     if antialias:
         return torch.nn.functional.interpolate(x, size, scale_factor, "bilinear",
                                                align_corners, recompute_scale_factor, True)
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"input must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
     if size is not None:
         out = pair(size, "size")
-        if any(not isinstance(v, torch.SymInt) and v <= 0 for v in out):
-            raise ValueError(f"size must be positive, got {size!r}")
         scales = (None, None)
     else:
         scales = pair(scale_factor, "scale_factor", numbers.Real)

@@ -1,7 +1,7 @@
 """Max-unpooling: ``torch.ops.fcn_kernels.max_unpool2d`` and its autograd."""
 import torch
 
-from ._common import FLOAT_DTYPES, empty_like_layout, pair
+from ._common import empty_like_layout, pair
 
 _ops = torch.ops.fcn_kernels
 
@@ -36,39 +36,20 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
     The output is channels_last when the input is. Backward is deterministic.
     """
+    # Only argument forms are handled here; values (dtypes, shapes, devices, geometry,
+    # index range) are checked once, in C++ (csrc/unpool/args.h), with the same exception
+    # types whether the op is called through this wrapper or directly.
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
     if input.dim() not in (3, 4):
         raise ValueError("input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got "
                          f"shape {tuple(input.shape)}")
-    if input.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
-    if not isinstance(indices, torch.Tensor):
-        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-    if indices.dtype != torch.int64:
-        raise TypeError("indices must be an int64 tensor (as returned by "
-                        f"max_pool2d(..., return_indices=True)), got {indices.dtype}")
-    if indices.shape != input.shape:
-        raise ValueError(f"indices must have the shape of input {tuple(input.shape)}, got "
-                         f"{tuple(indices.shape)}")
-    if indices.device != input.device:
-        raise ValueError(
-            f"indices must be on the device of input ({input.device}), got {indices.device}")
-
     kernel_size = pair(kernel_size, "kernel_size")
     stride = kernel_size if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding")
-    for name, values, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
-                                ("padding", padding, 0)):
-        if any(not isinstance(v, torch.SymInt) and v < least for v in values):
-            what = "positive" if least else "non-negative"
-            raise ValueError(f"{name} must be {what}, got {values!r}")
-    if input.shape[-2] == 0 or input.shape[-1] == 0:
-        raise ValueError(
-            f"input must have non-empty spatial dimensions, got shape {tuple(input.shape)}")
     size = _output_size(input.shape[-2:], kernel_size, stride, padding, output_size)
-
     if input.dim() == 3:
         return _ops.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), list(kernel_size),
                                  list(stride), list(padding), size).squeeze(0)
@@ -77,11 +58,15 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 
 def _output_size(in_hw, kernel_size, stride, padding, output_size):
-    """F.max_unpool2d's output size rule (torch.nn.functional._unpool_output_size)."""
-    default = [(n - 1) * s + k - 2 * p
-               for n, k, s, p in zip(in_hw, kernel_size, stride, padding)]
+    """F.max_unpool2d's output size (torch.nn.functional._unpool_output_size): the default
+    for these kernel_size/stride/padding, or the last two of 2 or 4 given numbers (whose
+    range C++ checks)."""
     if output_size is None:
-        if any(v <= 0 for v in default):
+        default = [(n - 1) * s + k - 2 * p
+                   for n, k, s, p in zip(in_hw, kernel_size, stride, padding)]
+        if all(isinstance(v, int) for v in (*kernel_size, *stride, *padding)) and \
+                min(kernel_size + stride) > 0 and min(padding) >= 0 and min(in_hw) > 0 and \
+                any(v <= 0 for v in default):
             raise ValueError(
                 f"kernel_size {kernel_size}, stride {stride} and padding {padding} give an "
                 f"empty output for input of spatial size {tuple(in_hw)}")
@@ -91,17 +76,7 @@ def _output_size(in_hw, kernel_size, stride, padding, output_size):
     if len(output_size) not in (2, 4):
         raise ValueError("output_size must have 2 or 4 elements (the last two are used), "
                          f"got {len(output_size)}: {output_size!r}")
-    size = list(pair(tuple(output_size[-2:]), "output_size"))
-    for d in range(2):
-        lo, hi = default[d] - stride[d], default[d] + stride[d]
-        if not lo < size[d] < hi:
-            raise ValueError(
-                f"invalid output_size {tuple(output_size)!r}: dim {d} must be strictly "
-                f"between {lo} and {hi} for input of spatial size {tuple(in_hw)}, "
-                f"kernel_size {kernel_size}, stride {stride} and padding {padding}")
-        if size[d] <= 0:
-            raise ValueError(f"output_size must be positive, got {tuple(output_size)!r}")
-    return size
+    return list(pair(tuple(output_size[-2:]), "output_size"))
 
 
 @torch.library.register_fake("fcn_kernels::max_unpool2d")

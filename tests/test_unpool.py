@@ -389,7 +389,7 @@ def test_op_level_errors():
     k = [2, 2]
     cases = [
         (lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4]), ValueError,
-         "output_size .* is inconsistent"),
+         r"invalid output_size \(6, 4\): dim 0 must be strictly between"),
         (lambda: ops.max_unpool2d(y, i, [0, 2], k, [0, 0], [4, 4]), ValueError,
          "kernel_size must be positive"),
         (lambda: ops.max_unpool2d(y, i, k, k, [0, -1], [4, 4]), ValueError, "padding"),
@@ -402,11 +402,23 @@ def test_op_level_errors():
         (lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 4, 4), i[:, :1], k, k, [0, 0]),
          ValueError, "batch and channels"),
         (lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 9, 4), i, k, k, [0, 0]),
-         ValueError, "inconsistent"),
+         ValueError, "invalid output_size"),
     ]
     for f, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             f()
+    # The wrapper only normalises arguments: for the same bad value it raises what the
+    # direct call raises, from the same C++ check.
+    for wrapped, direct in [
+            (lambda: fk.max_unpool2d(y, i, 2, output_size=(6, 4)),
+             lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4])),
+            (lambda: fk.max_unpool2d(y, i.int(), 2), lambda: ops.max_unpool2d(y, i.int(), k, k, [0, 0], [4, 4])),
+            (lambda: fk.max_unpool2d(y, i, 2, padding=-1), lambda: ops.max_unpool2d(y, i, k, k, [-1, -1], [4, 4]))]:
+        with pytest.raises(Exception) as a:
+            wrapped()
+        with pytest.raises(Exception) as b:
+            direct()
+        assert type(a.value) is type(b.value) and str(a.value).splitlines()[0] == str(b.value).splitlines()[0]
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

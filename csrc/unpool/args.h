@@ -87,7 +87,7 @@ inline void check_unpool_geometry(at::IntArrayRef kernel_size, at::IntArrayRef s
   TORCH_CHECK_VALUE(kernel_size[0] > 0 && kernel_size[1] > 0,
                     "kernel_size must be positive, got ", kernel_size);
   TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ",
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ",
                     padding);
   constexpr int64_t big = int64_t(1) << 31;  // keeps the size arithmetic far from overflow
   TORCH_CHECK_VALUE(kernel_size[0] < big && kernel_size[1] < big && stride[0] < big &&
@@ -99,11 +99,11 @@ inline void check_unpool_geometry(at::IntArrayRef kernel_size, at::IntArrayRef s
   for (int d = 0; d < 2; ++d) {
     const int64_t def = unpool_default_size(in[d], kernel_size[d], stride[d], padding[d]);
     TORCH_CHECK_VALUE(out[d] > def - stride[d] && out[d] < def + stride[d] && out[d] > 0,
-                      "output_size ", at::IntArrayRef(out, 2), " is inconsistent with "
-                      "kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding,
-                      " and input size ", at::IntArrayRef(in, 2), ": dim ", d,
-                      " must be positive and strictly between ", def - stride[d], " and ",
-                      def + stride[d]);
+                      "invalid output_size (", out_h, ", ", out_w, "): dim ", d,
+                      " must be strictly between ", def - stride[d], " and ", def + stride[d],
+                      " (and positive) for input of spatial size (", in_h, ", ", in_w,
+                      "), kernel_size ", kernel_size, ", stride ", stride, " and padding ",
+                      padding);
   }
 }
 
