@@ -4,6 +4,7 @@ CUDA sources are compiled when a CUDA toolkit is found (CUDA_HOME, nvcc on PATH 
 /usr/local/cuda) and torch is a CUDA build; otherwise a CPU-only extension is built.
 Force either with FCN_KERNELS_CUDA=1 / FCN_KERNELS_CUDA=0.
 """
+
 import glob
 import os
 import sys
@@ -51,9 +52,13 @@ def extension():
     link = ["-fopenmp"]
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "fcn_kernels._C", sources, extra_compile_args={"cxx": cxx},
-            extra_link_args=link, include_dirs=[os.path.join(HERE, "csrc")],
-            py_limited_api=False)
+            "fcn_kernels._C",
+            sources,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            py_limited_api=False,
+        )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # No GPU to ask: torch would otherwise compile for every architecture it
         # knows (slow). Hopper (H100/H200) plus PTX, which the driver JIT-compiles
@@ -63,9 +68,12 @@ def extension():
         print("fcn-kernels: no GPU visible, TORCH_CUDA_ARCH_LIST defaults to 9.0+PTX")
     sources += sorted(glob.glob("csrc/*/*.cu"))
     return cpp_extension.CUDAExtension(
-        "fcn_kernels._C", sources,
+        "fcn_kernels._C",
+        sources,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-        extra_link_args=link, include_dirs=[os.path.join(HERE, "csrc")])
+        extra_link_args=link,
+        include_dirs=[os.path.join(HERE, "csrc")],
+    )
 
 
 setup(

@@ -1,4 +1,5 @@
 """bilinear_upsample vs F.interpolate(mode="bilinear"): forward, backward, both."""
+
 import pytest
 import torch
 import torch.nn.functional as F

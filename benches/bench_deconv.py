@@ -9,6 +9,7 @@ dense learned ("general") weight; FCN-32s's upscore (k64 s32, 16x16 -> crop 19, 
 bilinear). Forward, backward, and forward + backward. `impl` pairs ours with the
 reference for the report.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,10 @@ SHAPES = {
     "upscore32-bilinear": (16, 64, 32, 19, 500, "bilinear"),
 }
 if QUICK:
-    SHAPES = {"upscore8-bilinear": (12, 16, 8, 31, 64, "bilinear"),
-              "upscore2-general": (4, 4, 2, 0, 10, "general")}
+    SHAPES = {
+        "upscore8-bilinear": (12, 16, 8, 31, 64, "bilinear"),
+        "upscore2-general": (4, 4, 2, 0, 10, "general"),
+    }
 
 DTYPES = [torch.float32, torch.bfloat16]
 BATCHES = [1] if QUICK else [1, 8]
@@ -39,8 +42,11 @@ def make(shape, batch, device, dtype, requires_grad):
     hw, k, s, off, size, kind = SHAPES[shape]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, C, hw, hw, generator=g).to(device=device, dtype=dtype)
-    w = (fk.bilinear_kernel(C, k) if kind == "bilinear"
-         else torch.randn(C, C, k, k, generator=g) / (C * k * k) ** 0.5).to(device=device, dtype=dtype)
+    w = (
+        fk.bilinear_kernel(C, k)
+        if kind == "bilinear"
+        else torch.randn(C, C, k, k, generator=g) / (C * k * k) ** 0.5
+    ).to(device=device, dtype=dtype)
     x.requires_grad_(requires_grad)
     w.requires_grad_(requires_grad and kind == "general")  # FCN freezes the bilinear weight
     return x, w, dict(stride=s, offset=(off, off), size=(size, size))
@@ -51,7 +57,7 @@ def run(impl, x, w, kw):
         return fk.conv_transpose2d_crop(x, w, **kw)
     oy, ox = kw["offset"]
     h, w_ = kw["size"]
-    return F.conv_transpose2d(x, w, stride=kw["stride"])[..., oy:oy + h, ox:ox + w_]
+    return F.conv_transpose2d(x, w, stride=kw["stride"])[..., oy : oy + h, ox : ox + w_]
 
 
 def rounds(device, shape):
@@ -61,7 +67,9 @@ def rounds(device, shape):
 def cases(test):
     """The parameters of every timing test (applied in the order that names the tests)."""
     test = pytest.mark.parametrize("device", DEVICES)(test)
-    test = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))(
+        test
+    )
     test = pytest.mark.parametrize("shape", list(SHAPES))(test)
     test = pytest.mark.parametrize("batch", BATCHES)(test)
     return pytest.mark.parametrize("impl", ["ref", "ours"])(test)
@@ -72,8 +80,12 @@ def test_forward(benchmark, device, dtype, shape, batch, impl):
     x, w, kw = make(shape, batch, device, dtype, False)
     benchmark.group = f"deconv-fwd-{device}-{dtype}-{shape}-b{batch}"
     out_elems = batch * C * kw["size"][0] * kw["size"][1]
-    benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd",
-                                bytes=(x.numel() + w.numel() + out_elems) * x.element_size())
+    benchmark.extra_info.update(
+        op="deconv",
+        case=f"{shape} b{batch}",
+        direction="fwd",
+        bytes=(x.numel() + w.numel() + out_elems) * x.element_size(),
+    )
     with torch.no_grad():
         timed_run(benchmark, lambda: run(impl, x, w, kw), device, rounds(device, shape))
 
@@ -85,10 +97,18 @@ def test_backward(benchmark, device, dtype, shape, batch, impl):
     grad = torch.randn_like(out)
     leaves = [t for t in (x, w) if t.requires_grad]
     benchmark.group = f"deconv-bwd-{device}-{dtype}-{shape}-b{batch}"
-    benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="bwd",
-                                bytes=(out.numel() + sum(t.numel() for t in leaves)) * x.element_size())
-    timed_run(benchmark, lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), device,
-              rounds(device, shape))
+    benchmark.extra_info.update(
+        op="deconv",
+        case=f"{shape} b{batch}",
+        direction="bwd",
+        bytes=(out.numel() + sum(t.numel() for t in leaves)) * x.element_size(),
+    )
+    timed_run(
+        benchmark,
+        lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True),
+        device,
+        rounds(device, shape),
+    )
 
 
 @cases
@@ -99,8 +119,12 @@ def test_forward_backward(benchmark, device, dtype, shape, batch, impl):
     grad = torch.randn_like(run(impl, x.detach(), w.detach(), kw))
     benchmark.group = f"deconv-fwdbwd-{device}-{dtype}-{shape}-b{batch}"
     benchmark.extra_info.update(op="deconv", case=f"{shape} b{batch}", direction="fwd+bwd")
-    timed_run(benchmark, lambda: torch.autograd.grad(run(impl, x, w, kw), leaves, grad), device,
-              rounds(device, shape))
+    timed_run(
+        benchmark,
+        lambda: torch.autograd.grad(run(impl, x, w, kw), leaves, grad),
+        device,
+        rounds(device, shape),
+    )
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -118,5 +142,7 @@ def test_peak_memory_cuda(shape):
         torch.cuda.synchronize()
         peaks[impl] = torch.cuda.max_memory_allocated() - base
         del out
-    print(f"\n{shape}: peak ref {peaks['ref'] / 2**20:.1f} MiB, ours {peaks['ours'] / 2**20:.1f} MiB")
+    print(
+        f"\n{shape}: peak ref {peaks['ref'] / 2**20:.1f} MiB, ours {peaks['ours'] / 2**20:.1f} MiB"
+    )
     assert peaks["ours"] <= peaks["ref"]

@@ -2,6 +2,7 @@
 classic PyTorch port's FCN-8s (nn.ConvTranspose2d + slicing, tests/test_fuse.py), same
 weights, same run. fuse rewrites upscore8 (the only transposed convolution used through
 a crop; upscore2 / upscore_pool4 are added whole and stay ATen's)."""
+
 import os
 import sys
 
@@ -36,6 +37,7 @@ def models():
             x = torch.randn(1, 3, size, size)
             cache[case] = (model, fk.fuse(model, (x,)), x)
         return cache[case]
+
     return get
 
 
@@ -60,8 +62,10 @@ def test_fuse_classic_fcn8s(benchmark, models, case, impl):
 # backward), ours vs ATen, on FCN's shapes.
 def _unpool(impl):
     import torch.nn.functional as F
-    v, idx = F.max_pool2d(torch.randn((1, 2, 8, 8) if QUICK else (4, 128, 180, 244)), 2,
-                          return_indices=True)
+
+    v, idx = F.max_pool2d(
+        torch.randn((1, 2, 8, 8) if QUICK else (4, 128, 180, 244)), 2, return_indices=True
+    )
     v.requires_grad_(True)
     f = fk.max_unpool2d if impl == "ours" else F.max_unpool2d
     return "unpool 2x2 4x128x90x122", lambda: f(v, idx, 2).sum().backward()
@@ -69,22 +73,37 @@ def _unpool(impl):
 
 def _bilinear(impl):
     import torch.nn.functional as F
+
     x = torch.randn(1, 21, 3 if QUICK else 63, 63, requires_grad=True)
     if impl == "ours":
-        return "bilinear x8 1x21x63x63", lambda: fk.bilinear_upsample(x, scale_factor=8).sum().backward()
-    return "bilinear x8 1x21x63x63", lambda: F.interpolate(
-        x, scale_factor=8, mode="bilinear").sum().backward()
+        return (
+            "bilinear x8 1x21x63x63",
+            lambda: fk.bilinear_upsample(x, scale_factor=8).sum().backward(),
+        )
+    return (
+        "bilinear x8 1x21x63x63",
+        lambda: F.interpolate(x, scale_factor=8, mode="bilinear").sum().backward(),
+    )
 
 
 def _deconv(impl):
     import torch.nn.functional as F
+
     x = torch.randn(1, 2 if QUICK else 21, 66, 66, requires_grad=True)  # full map 536x536
     w = fk.bilinear_kernel(x.shape[1], 16)
     if impl == "ours":
-        return "upscore8 k16 s8 1x21x66x66 -> 500x500", lambda: fk.conv_transpose2d_crop(
-            x, w, stride=8, offset=(31, 31), size=(500, 500)).sum().backward()
-    return "upscore8 k16 s8 1x21x66x66 -> 500x500", lambda: F.conv_transpose2d(
-        x, w, stride=8)[:, :, 31:531, 31:531].sum().backward()
+        return (
+            "upscore8 k16 s8 1x21x66x66 -> 500x500",
+            lambda: (
+                fk.conv_transpose2d_crop(x, w, stride=8, offset=(31, 31), size=(500, 500))
+                .sum()
+                .backward()
+            ),
+        )
+    return (
+        "upscore8 k16 s8 1x21x66x66 -> 500x500",
+        lambda: F.conv_transpose2d(x, w, stride=8)[:, :, 31:531, 31:531].sum().backward(),
+    )
 
 
 @pytest.mark.parametrize("impl", ["ours", "aten"])

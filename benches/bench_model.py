@@ -6,6 +6,7 @@
 The command line times any model, prints the best of `--repeat` runs (after one warm-up)
 and the largest output difference against the first mode.
 """
+
 import argparse
 
 import pytest
@@ -49,6 +50,7 @@ def models():
         if (backbone, device) not in cache:
             cache[(backbone, device)] = bench_model("fcn8s", backbone).to(device)
         return cache[(backbone, device)]
+
     return get
 
 
@@ -84,14 +86,20 @@ def main(argv=None):
     h, w = (args.size * 2)[:2]
     model = bench_model(args.arch, args.backbone, args.num_classes).to(device=device, dtype=dtype)
     x = torch.randn(args.batch, 3, h, w, device=device, dtype=dtype)
-    print(f"{args.arch} {args.backbone} {args.batch}x3x{h}x{w} {args.dtype} on {device} "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads), forward+backward:")
+    print(
+        f"{args.arch} {args.backbone} {args.batch}x3x{h}x{w} {args.dtype} on {device} "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads), forward+backward:"
+    )
     ref = None
     for mode in args.upsample:
         model.set_upsample(mode)
         y = forward_backward(model, x).detach()  # warm-up, and the output to compare
         t = min(time_calls(lambda: forward_backward(model, x), args.repeat, device, warmup=0))
-        diff = "" if ref is None else f"   max|diff| vs {args.upsample[0]}: {(y - ref).abs().max().item():.2e}"
+        diff = (
+            ""
+            if ref is None
+            else f"   max|diff| vs {args.upsample[0]}: {(y - ref).abs().max().item():.2e}"
+        )
         ref = y if ref is None else ref
         print(f"  {mode:6s} {t * 1e3:10.1f} ms{diff}")
 

@@ -5,6 +5,7 @@ batch 1 and 8, plus an overlapping 3x3/2 (AlexNet-style) case for the general pa
 Indices come from max-pooling random maps. `python -m benches.report -k unpool` prints
 the table (ours vs ATen, and on CUDA the bandwidth).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,11 @@ from benches.conftest import DEVICES, QUICK, run
 
 # name: (N, C, unpooled H, W), kernel, stride
 CASES = {
-    "vgg 8x64x56->112": ((8, 64, 112, 112), 2, 2),   # the issue's VGG-sized map
+    "vgg 8x64x56->112": ((8, 64, 112, 112), 2, 2),  # the issue's VGG-sized map
     "vgg 1x64x112->224": ((1, 64, 224, 224), 2, 2),
     "vgg 8x256x28->56": ((8, 256, 56, 56), 2, 2),
     "vgg 8x512x14->28": ((8, 512, 28, 28), 2, 2),
-    "3x3s2 8x64x27->55": ((8, 64, 55, 55), 3, 2),    # overlapping windows
+    "3x3s2 8x64x27->55": ((8, 64, 55, 55), 3, 2),  # overlapping windows
 }
 if QUICK:
     CASES = {"quick 2x3x4->9": ((2, 3, 9, 9), 2, 2), "quick 3x3s2": ((2, 3, 9, 9), 3, 2)}

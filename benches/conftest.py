@@ -1,5 +1,6 @@
 """Shared benchmark helpers. FCN_BENCH_QUICK=1 switches every suite to tiny shapes
 (CI runs them that way with --benchmark-disable so they cannot rot)."""
+
 import os
 
 import pytest
@@ -17,6 +18,7 @@ def synchronize(device):
 
 def run(benchmark, fn, device, rounds=None):
     """Time fn() (synchronised on CUDA); returns its last result."""
+
     def timed():
         out = fn()
         synchronize(device)

@@ -21,6 +21,7 @@ OUTDIR gets <step>.log for each step, summary.json (per step: status, exit code,
 seconds, log tail) and summary.md (the status table and the benchmark table). Without a
 GPU the GPU steps are recorded as "skipped" (the build still runs unless --no-build).
 """
+
 import argparse
 import json
 import os
@@ -33,24 +34,53 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def has_gpu(python):
-    probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, cwd=ROOT)
+    probe = subprocess.run(
+        [python, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return probe.stdout.strip() == "True"
 
 
 def steps(python, gpu, sanitizer):
     env = dict(os.environ, MAX_JOBS=str(os.cpu_count() or 4))
     env.pop("TORCH_CUDA_ARCH_LIST", None) if gpu else None
-    yield "build", [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
-                    "-e", "."], 300, env, None
+    yield (
+        "build",
+        [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."],
+        300,
+        env,
+        None,
+    )
     no_gpu = None if gpu else "no CUDA device"
     yield "sass", [python, "-m", "benches.sass", "--check", "--require"], 60, None, None
-    yield "tests", [python, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p",
-                    "no:cacheprovider"], 240, None, no_gpu
+    yield (
+        "tests",
+        [python, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p", "no:cacheprovider"],
+        240,
+        None,
+        no_gpu,
+    )
     for tool in ("memcheck", "racecheck"):
         reason = no_gpu or (None if sanitizer else "compute-sanitizer not found")
-        yield tool, [sanitizer or "compute-sanitizer", "--tool", tool, "--error-exitcode", "3",
-                     python, "-m", "benches.gpu_smoke", "ops"], 150, None, reason
+        yield (
+            tool,
+            [
+                sanitizer or "compute-sanitizer",
+                "--tool",
+                tool,
+                "--error-exitcode",
+                "3",
+                python,
+                "-m",
+                "benches.gpu_smoke",
+                "ops",
+            ],
+            150,
+            None,
+            reason,
+        )
     yield "sync", [python, "-m", "benches.gpu_smoke", "sync"], 60, None, no_gpu
     yield "graph", [python, "-m", "benches.gpu_smoke", "graph"], 60, None, no_gpu
     yield "bench", [python, "-m", "benches.report", "-k", "cuda", "--markdown"], 240, None, no_gpu
@@ -63,8 +93,9 @@ def run_step(name, cmd, limit, env, outdir):
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=limit)
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit
+            )
             code = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
@@ -74,16 +105,29 @@ def run_step(name, cmd, limit, env, outdir):
     seconds = time.monotonic() - start
     with open(log_path) as f:
         tail = f.read()[-3000:]
-    return {"step": name, "status": "passed" if code == 0 else "failed", "exit": code,
-            "seconds": round(seconds, 1), "log": os.path.basename(log_path), "tail": tail}
+    return {
+        "step": name,
+        "status": "passed" if code == 0 else "failed",
+        "exit": code,
+        "seconds": round(seconds, 1),
+        "log": os.path.basename(log_path),
+        "tail": tail,
+    }
 
 
 def write_summary(outdir, results, header):
     with open(os.path.join(outdir, "summary.json"), "w") as f:
         json.dump({"machine": header, "steps": results}, f, indent=2)
-    lines = [f"# gpu-check: {header}", "", "| step | status | exit | seconds |", "|---|---|---|---|"]
-    lines += [f"| {r['step']} | {r['status']} | {r.get('exit', '')} | {r.get('seconds', '')} |"
-              for r in results]
+    lines = [
+        f"# gpu-check: {header}",
+        "",
+        "| step | status | exit | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['step']} | {r['status']} | {r.get('exit', '')} | {r.get('seconds', '')} |"
+        for r in results
+    ]
     bench = next((r for r in results if r["step"] == "bench" and r["status"] == "passed"), None)
     if bench:
         with open(os.path.join(outdir, bench["log"])) as f:
@@ -95,9 +139,16 @@ def write_summary(outdir, results, header):
 
 def machine(python):
     probe = subprocess.run(
-        [python, "-c", "import torch; print(torch.__version__, torch.version.cuda, "
-         "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"],
-        capture_output=True, text=True, cwd=ROOT)
+        [
+            python,
+            "-c",
+            "import torch; print(torch.__version__, torch.version.cuda, "
+            "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return (probe.stdout.strip() or probe.stderr.strip()[-200:]) + f", {os.cpu_count()} CPUs"
 
 
@@ -111,7 +162,8 @@ def main(argv=None):
     os.makedirs(args.outdir, exist_ok=True)
     gpu = has_gpu(args.python)
     sanitizer = shutil.which("compute-sanitizer") or next(
-        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None
+    )
     header = machine(args.python)
     results = []
     for name, cmd, limit, env, skip in steps(args.python, gpu, sanitizer):
@@ -123,11 +175,17 @@ def main(argv=None):
             results.append({"step": name, "status": "skipped", "reason": skip})
         else:
             results.append(run_step(name, cmd, limit, env, args.outdir))
-        print(f"gpu-check {name:10s} {results[-1]['status']:8s} "
-              f"{results[-1].get('seconds', '')}", flush=True)
-        write_summary(args.outdir, results, header)  # after every step: a cut-off run keeps its results
+        print(
+            f"gpu-check {name:10s} {results[-1]['status']:8s} {results[-1].get('seconds', '')}",
+            flush=True,
+        )
+        write_summary(
+            args.outdir, results, header
+        )  # after every step: a cut-off run keeps its results
     failed = [r["step"] for r in results if r["status"] == "failed"]
-    print(f"gpu-check: {header}; failed: {', '.join(failed) or 'none'}; see {args.outdir}/summary.md")
+    print(
+        f"gpu-check: {header}; failed: {', '.join(failed) or 'none'}; see {args.outdir}/summary.md"
+    )
     return 1 if failed else 0
 
 

@@ -10,6 +10,7 @@ compute-sanitizer, so they stay small):
 Each prints one line per check and exits non-zero on the first failure. Without a GPU
 it prints "skipped: no CUDA device" and exits 0.
 """
+
 import sys
 
 import torch
@@ -20,6 +21,7 @@ import fcn_kernels as fk
 
 def _cases(device):
     """(name, fn) pairs; fn(device) -> list of tensors (outputs and gradients)."""
+
     def bilinear(dtype, cl, **kw):
         def run(dev):
             torch.manual_seed(0)
@@ -29,6 +31,7 @@ def _cases(device):
             y = fk.bilinear_upsample(x, **kw)
             (gx,) = torch.autograd.grad(y.sum(), x)  # expanded gradient
             return [y, gx]
+
         return run
 
     def deconv(weight, k, s, off, size, **kw):
@@ -37,12 +40,16 @@ def _cases(device):
             cin, cout = 6, kw.get("cout", 6)
             args = {key: v for key, v in kw.items() if key != "cout"}
             x = torch.randn(2, cin, 8, 9).to(dev).requires_grad_()
-            w = (fk.bilinear_kernel(cin, k) if weight == "bilinear" else
-                 torch.randn(cin, cout // args.get("groups", 1), k, k)).to(dev)
+            w = (
+                fk.bilinear_kernel(cin, k)
+                if weight == "bilinear"
+                else torch.randn(cin, cout // args.get("groups", 1), k, k)
+            ).to(dev)
             w.requires_grad_()
             y = fk.conv_transpose2d_crop(x, w, stride=s, offset=off, size=size, **args)
             g = torch.randn(y.shape).to(dev)
             return [y, *torch.autograd.grad(y, (x, w), g)]
+
         return run
 
     def unpool(k, s, pad):
@@ -54,12 +61,15 @@ def _cases(device):
             y = fk.max_unpool2d(v, idx, k, s, pad, output_size=x.shape[-2:])
             (gv,) = torch.autograd.grad(y, v, torch.randn(y.shape).to(dev))
             return [y, gv]
+
         return run
 
     yield "bilinear x2.5 f32", bilinear(torch.float32, False, scale_factor=2.5)
     yield "bilinear x8 bf16 channels_last", bilinear(torch.bfloat16, True, scale_factor=8)
-    yield "bilinear size align_corners f16", bilinear(torch.float16, False, size=(20, 3),
-                                                      align_corners=True)
+    yield (
+        "bilinear size align_corners f16",
+        bilinear(torch.float16, False, size=(20, 3), align_corners=True),
+    )
     yield "deconv bilinear k4 s2", deconv("bilinear", 4, 2, (1, 2), (15, 16))
     yield "deconv bilinear k16 s8", deconv("bilinear", 16, 8, (5, 7), (60, 70))
     yield "deconv dense k4 s2", deconv("dense", 4, 2, (1, 0), (14, 17))

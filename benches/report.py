@@ -11,6 +11,7 @@ also gives the achieved bandwidth of our kernel under an ideal byte model: every
 tensor read once and every output written once (extra_info["bytes"] of each bench),
 as a fraction of the device's peak memory bandwidth.
 """
+
 import argparse
 import json
 import os
@@ -29,8 +30,13 @@ def peak_bandwidth(device_index=0):
     bus_bits = getattr(props, "memory_bus_width", 0)
     if clock_khz and bus_bits:
         return 2 * clock_khz * 1e3 * bus_bits / 8
-    known = {"H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12,
-             "A100": 2.0e12}
+    known = {
+        "H100 SXM": 3.35e12,
+        "H100 PCIe": 2.0e12,
+        "H100": 3.35e12,
+        "H200": 4.8e12,
+        "A100": 2.0e12,
+    }
     return next((v for k, v in known.items() if k in props.name), float("nan"))
 
 
@@ -45,8 +51,17 @@ def machine_line():
 def collect(pytest_args):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "pytest", "benches", "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={out}", *pytest_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benches",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--benchmark-json={out}",
+            *pytest_args,
+        ]
         proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if proc.returncode not in (0, 5) or not os.path.exists(out):
             sys.exit(f"benchmark run failed (exit {proc.returncode})")
@@ -57,8 +72,10 @@ def collect(pytest_args):
 def pair(benchmarks):
     rows = {}
     for b in benchmarks:
-        params = {k: str(v).replace("UNSERIALIZABLE[", "").rstrip("]").replace("torch.", "")
-                  for k, v in (b.get("params") or {}).items()}
+        params = {
+            k: str(v).replace("UNSERIALIZABLE[", "").rstrip("]").replace("torch.", "")
+            for k, v in (b.get("params") or {}).items()
+        }
         impl = {"ref": "aten"}.get(params.get("impl"), params.get("impl"))
         params.pop("impl", None)
         if impl not in ("ours", "aten"):
@@ -71,8 +88,19 @@ def pair(benchmarks):
 
 def table(rows, markdown):
     peak = peak_bandwidth() if torch.cuda.is_available() else None
-    head = ["op", "case", "dtype", "layout/variant", "dir", "device", "ours ms", "ATen ms",
-            "speedup", "GB/s", "% peak"]
+    head = [
+        "op",
+        "case",
+        "dtype",
+        "layout/variant",
+        "dir",
+        "device",
+        "ours ms",
+        "ATen ms",
+        "speedup",
+        "GB/s",
+        "% peak",
+    ]
     lines = []
     for r in rows:
         p, e = r["params"], r["extra"]
@@ -81,24 +109,51 @@ def table(rows, markdown):
         if dev == "cuda" and e.get("bytes"):
             bw = e["bytes"] / r["ours"]
             gbs, pct = f"{bw / 1e9:.0f}", f"{100 * bw / peak:.0f}%"
-        variant = "/".join(str(p[k]) for k in sorted(p)
-                           if k not in ("device", "case", "dtype", "direction", "shape", "batch"))
-        lines.append([e.get("op", "?"), str(e.get("case", p.get("case", ""))), str(p.get("dtype", "")).replace("torch.", ""),
-                      variant, str(e.get("direction", p.get("direction", ""))), dev, f"{r['ours'] * 1e3:.3f}",
-                      f"{r['aten'] * 1e3:.3f}", f"{r['aten'] / r['ours']:.2f}x", gbs, pct])
+        variant = "/".join(
+            str(p[k])
+            for k in sorted(p)
+            if k not in ("device", "case", "dtype", "direction", "shape", "batch")
+        )
+        lines.append(
+            [
+                e.get("op", "?"),
+                str(e.get("case", p.get("case", ""))),
+                str(p.get("dtype", "")).replace("torch.", ""),
+                variant,
+                str(e.get("direction", p.get("direction", ""))),
+                dev,
+                f"{r['ours'] * 1e3:.3f}",
+                f"{r['aten'] * 1e3:.3f}",
+                f"{r['aten'] / r['ours']:.2f}x",
+                gbs,
+                pct,
+            ]
+        )
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
         return "\n".join(out)
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+        for i, h in enumerate(head)
+    ]
     fmt = "  ".join(f"{{:{'<' if i < 6 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*head), "-" * (sum(widths) + 2 * len(widths))] + [fmt.format(*l) for l in lines])
+    return "\n".join(
+        [fmt.format(*head), "-" * (sum(widths) + 2 * len(widths))]
+        + [fmt.format(*row) for row in lines]
+    )
 
 
 def label(r):
     p, e = r["params"], r["extra"]
-    parts = [e.get("op", ""), e.get("direction", p.get("direction", "")), p.get("dtype", ""),
-             p.get("layout", ""), str(e.get("case", p.get("case", ""))), p.get("device", "")]
+    parts = [
+        e.get("op", ""),
+        e.get("direction", p.get("direction", "")),
+        p.get("dtype", ""),
+        p.get("layout", ""),
+        str(e.get("case", p.get("case", ""))),
+        p.get("device", ""),
+    ]
     return " ".join(str(x) for x in parts if x)
 
 
@@ -119,15 +174,19 @@ def plot(rows, path, title):
         y = 32 + i * bar_h
         ratio = r["aten"] / r["ours"]
         x = mid + int(math.log2(ratio) / span * (width // 2 - 4))
-        d.rectangle([min(mid, x), y + 2, max(mid, x), y + bar_h - 3],
-                    fill=(60, 160, 60) if ratio >= 1 else (200, 70, 60))
+        d.rectangle(
+            [min(mid, x), y + 2, max(mid, x), y + bar_h - 3],
+            fill=(60, 160, 60) if ratio >= 1 else (200, 70, 60),
+        )
         d.text((6, y + 2), label(r)[:62], fill="black")
         d.text((left + width + 6, y + 2), f"{ratio:.2f}x", fill="black")
     img.save(path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-k", default=None, help="pytest -k expression selecting benchmarks")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (FCN_BENCH_QUICK=1)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")

@@ -15,6 +15,7 @@ variant holds a CALL (the 64-bit-index variants, for tensors past 2^31 elements,
 call the 64-bit division routine in their per-thread setup). Without CUDA code in the
 extension (a CPU-only build) it says so and exits 0, or 1 with --require.
 """
+
 import argparse
 import glob
 import os
@@ -66,12 +67,16 @@ def tool(name):
     candidates = []
     try:
         import triton  # noqa: F401  (ships cuobjdump/nvdisasm)
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
-                                       "bin", name))
+
+        candidates.append(
+            os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+        )
     except ImportError:
         pass
-    candidates += [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", name),
-                   shutil.which(name) or ""]
+    candidates += [
+        os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", name),
+        shutil.which(name) or "",
+    ]
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
@@ -80,6 +85,7 @@ def tool(name):
 
 def default_so():
     import fcn_kernels
+
     pkg = os.path.dirname(fcn_kernels.__file__)
     found = glob.glob(os.path.join(pkg, "_C*.so"))
     if not found:
@@ -108,8 +114,7 @@ def short_name(demangled):
 
 def parse(so, arch):
     cuobjdump = tool("cuobjdump")
-    sass = subprocess.run([cuobjdump, "-sass", "-arch", arch, so], capture_output=True,
-                          text=True)
+    sass = subprocess.run([cuobjdump, "-sass", "-arch", arch, so], capture_output=True, text=True)
     if sass.returncode != 0:
         if "does not contain" in sass.stderr or "no device code" in sass.stderr.lower():
             return None
@@ -137,8 +142,9 @@ def parse(so, arch):
             current.spill_ops += 1
     if not kernels:
         return None
-    res = subprocess.run([cuobjdump, "-res-usage", "-arch", arch, so], capture_output=True,
-                         text=True).stdout
+    res = subprocess.run(
+        [cuobjdump, "-res-usage", "-arch", arch, so], capture_output=True, text=True
+    ).stdout
     name = None
     for line in res.splitlines():
         m = re.match(r"\s*Function (\S+):", line)
@@ -157,8 +163,10 @@ def parse(so, arch):
 
 def table(kernels, markdown):
     head = ["kernel", "SASS", "FP64", "CALL", "regs", "stack B", "LDL/STL"]
-    rows = [[k.name, k.instructions, k.fp64, k.calls, k.registers, k.stack, k.spill_ops]
-            for k in kernels]
+    rows = [
+        [k.name, k.instructions, k.fp64, k.calls, k.registers, k.stack, k.spill_ops]
+        for k in kernels
+    ]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -173,8 +181,11 @@ def main(argv=None):
     ap.add_argument("--so", help="the extension (default: the importable fcn_kernels/_C*.so)")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--check", action="store_true",
-                    help="fail on spills, and on FP64/CALL in non-double kernels")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="fail on spills, and on FP64/CALL in non-double kernels",
+    )
     ap.add_argument("--require", action="store_true", help="fail if there is no CUDA code")
     args = ap.parse_args(argv)
     so = args.so or default_so()
@@ -184,9 +195,11 @@ def main(argv=None):
         return 1 if args.require else 0
     print(table(kernels, args.markdown))
     total_fp64 = sum(k.fp64 for k in kernels if not k.is_double)
-    print(f"\n{len(kernels)} kernels, {sum(k.instructions for k in kernels)} SASS instructions; "
-          f"FP64 instructions in non-double kernels: {total_fp64}; "
-          f"kernels with spills: {sum(1 for k in kernels if k.spill_ops or k.local)}")
+    print(
+        f"\n{len(kernels)} kernels, {sum(k.instructions for k in kernels)} SASS instructions; "
+        f"FP64 instructions in non-double kernels: {total_fp64}; "
+        f"kernels with spills: {sum(1 for k in kernels if k.spill_ops or k.local)}"
+    )
     problems = [(k.name, p) for k in kernels for p in k.problems()]
     for name, p in problems:
         print(f"PROBLEM {name}: {p}", file=sys.stderr)

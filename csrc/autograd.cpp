@@ -14,9 +14,9 @@
 namespace fcn_kernels {
 namespace {
 
+using c10::SymIntArrayRef;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using c10::SymIntArrayRef;
 using OptDouble = std::optional<double>;
 
 // Dispatcher handles of the ops (same signatures as their schemas).
@@ -26,13 +26,12 @@ c10::TypedOperatorHandle<Sig> handle(const char* name) {
 }
 
 using BilinearSig = at::Tensor(const at::Tensor&, SymIntArrayRef, bool, OptDouble, OptDouble);
-at::Tensor bilinear(const at::Tensor& x, SymIntArrayRef size, bool ac, OptDouble sh,
-                    OptDouble sw) {
+at::Tensor bilinear(const at::Tensor& x, SymIntArrayRef size, bool ac, OptDouble sh, OptDouble sw) {
   static const auto op = handle<BilinearSig>("fcn_kernels::bilinear_upsample");
   return op.call(x, size, ac, sh, sw);
 }
-at::Tensor bilinear_backward(const at::Tensor& g, SymIntArrayRef input_size, bool ac,
-                             OptDouble sh, OptDouble sw) {
+at::Tensor bilinear_backward(const at::Tensor& g, SymIntArrayRef input_size, bool ac, OptDouble sh,
+                             OptDouble sw) {
   static const auto op = handle<BilinearSig>("fcn_kernels::bilinear_upsample_backward");
   return op.call(g, input_size, ac, sh, sw);
 }
@@ -40,13 +39,12 @@ at::Tensor bilinear_backward(const at::Tensor& g, SymIntArrayRef input_size, boo
 using IntRef = at::IntArrayRef;
 at::Tensor unpool(const at::Tensor& x, const at::Tensor& ind, IntRef k, IntRef s, IntRef p,
                   SymIntArrayRef size) {
-  static const auto op =
-      handle<at::Tensor(const at::Tensor&, const at::Tensor&, IntRef, IntRef, IntRef,
-                        SymIntArrayRef)>("fcn_kernels::max_unpool2d");
+  static const auto op = handle<at::Tensor(const at::Tensor&, const at::Tensor&, IntRef, IntRef,
+                                           IntRef, SymIntArrayRef)>("fcn_kernels::max_unpool2d");
   return op.call(x, ind, k, s, p, size);
 }
-at::Tensor unpool_backward(const at::Tensor& g, const at::Tensor& ind, IntRef k, IntRef s,
-                           IntRef p, bool check_indices) {
+at::Tensor unpool_backward(const at::Tensor& g, const at::Tensor& ind, IntRef k, IntRef s, IntRef p,
+                           bool check_indices) {
   static const auto op =
       handle<at::Tensor(const at::Tensor&, const at::Tensor&, IntRef, IntRef, IntRef, bool)>(
           "fcn_kernels::max_unpool2d_backward");
@@ -62,8 +60,8 @@ at::Tensor deconv(const at::Tensor& x, const at::Tensor& w, const std::optional<
           "fcn_kernels::conv_transpose2d_crop");
   return op.call(x, w, b, stride, padding, output_padding, groups, dilation, offset, size);
 }
-using DeconvBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, SymIntArrayRef,
-                                     IntRef, IntRef, int64_t, IntRef, IntRef);
+using DeconvBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, SymIntArrayRef, IntRef,
+                                     IntRef, int64_t, IntRef, IntRef);
 at::Tensor deconv_backward_input(const at::Tensor& g, const at::Tensor& w,
                                  SymIntArrayRef input_size, IntRef stride, IntRef padding,
                                  int64_t groups, IntRef dilation, IntRef offset) {
@@ -80,12 +78,18 @@ at::Tensor deconv_backward_weight(const at::Tensor& g, const at::Tensor& x,
 }
 
 // saved_data round trips (IValue lists).
-std::vector<c10::SymInt> sym_vec(const c10::IValue& v) { return v.toSymIntList().vec(); }
-std::vector<int64_t> int_vec(const c10::IValue& v) { return v.toIntVector(); }
+std::vector<c10::SymInt> sym_vec(const c10::IValue& v) {
+  return v.toSymIntList().vec();
+}
+std::vector<int64_t> int_vec(const c10::IValue& v) {
+  return v.toIntVector();
+}
 OptDouble opt_double(const c10::IValue& v) {
   return v.isNone() ? OptDouble() : OptDouble(v.toDouble());
 }
-at::Tensor undef() { return at::Tensor(); }
+at::Tensor undef() {
+  return at::Tensor();
+}
 
 // --- bilinear ---------------------------------------------------------------------
 
@@ -102,15 +106,15 @@ struct BilinearBackward : torch::autograd::Function<BilinearBackward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // Linear in g, with the forward op as its adjoint.
     const auto& d = ctx->saved_data;
-    return {bilinear(grads[0], sym_vec(d.at("out")), d.at("ac").toBool(),
-                     opt_double(d.at("sh")), opt_double(d.at("sw"))),
+    return {bilinear(grads[0], sym_vec(d.at("out")), d.at("ac").toBool(), opt_double(d.at("sh")),
+                     opt_double(d.at("sw"))),
             undef(), undef(), undef(), undef()};
   }
 };
 
 struct Bilinear : torch::autograd::Function<Bilinear> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, SymIntArrayRef size,
-                            bool ac, OptDouble sh, OptDouble sw) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, SymIntArrayRef size, bool ac,
+                            OptDouble sh, OptDouble sw) {
     ctx->saved_data["in"] = x.sym_sizes().vec();
     ctx->saved_data["ac"] = ac;
     ctx->saved_data["sh"] = sh;
@@ -146,8 +150,7 @@ struct UnpoolBackward : torch::autograd::Function<UnpoolBackward> {
     const c10::SymInt n = ind.sym_size(0), c = ind.sym_size(1);
     at::Tensor flat = at::zeros_symint({n, c, out[0] * out[1]}, v.options());
     flat = flat.scatter_add(2, ind.reshape_symint({n, c, -1}), v.reshape_symint({n, c, -1}));
-    return {flat.view_symint({n, c, out[0], out[1]}), undef(), undef(), undef(), undef(),
-            undef()};
+    return {flat.view_symint({n, c, out[0], out[1]}), undef(), undef(), undef(), undef(), undef()};
   }
 };
 
@@ -168,7 +171,11 @@ struct Unpool : torch::autograd::Function<Unpool> {
     // place since: the CUDA kernel may skip its host sync (check_indices=false).
     return {unpool_backward(grads[0], ind, int_vec(d.at("k")), int_vec(d.at("s")),
                             int_vec(d.at("p")), /*check_indices=*/false),
-            undef(), undef(), undef(), undef(), undef()};
+            undef(),
+            undef(),
+            undef(),
+            undef(),
+            undef()};
   }
 };
 
@@ -200,8 +207,7 @@ struct Geometry {
                                       std::max(stride[1], dilation[1]) - 1};
     return deconv(x, w, std::nullopt, stride, padding, big, groups, dilation, offset, size);
   }
-  at::Tensor input_grad(const at::Tensor& g, const at::Tensor& w,
-                        SymIntArrayRef input_size) const {
+  at::Tensor input_grad(const at::Tensor& g, const at::Tensor& w, SymIntArrayRef input_size) const {
     return deconv_backward_input(g, w, input_size, stride, padding, groups, dilation, offset);
   }
   at::Tensor weight_grad(const at::Tensor& g, const at::Tensor& x,
@@ -242,8 +248,8 @@ struct DeconvBackwardWeight : torch::autograd::Function<DeconvBackwardWeight> {
     save_geometry(ctx, stride, padding, groups, dilation, offset);
     ctx->saved_data["g_size"] = g.sym_sizes().slice(2).vec();
     ctx->saved_data["x_size"] = x.sym_sizes().vec();
-    ctx->save_for_backward({x.requires_grad() ? g : at::Tensor(),
-                            g.requires_grad() ? x : at::Tensor()});
+    ctx->save_for_backward(
+        {x.requires_grad() ? g : at::Tensor(), g.requires_grad() ? x : at::Tensor()});
     at::AutoDispatchBelowADInplaceOrView guard;
     return deconv_backward_weight(g, x, weight_size, stride, padding, groups, dilation, offset);
   }
@@ -263,9 +269,9 @@ struct DeconvBackwardWeight : torch::autograd::Function<DeconvBackwardWeight> {
 
 struct Deconv : torch::autograd::Function<Deconv> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
-                            const std::optional<at::Tensor>& bias, IntRef stride,
-                            IntRef padding, IntRef output_padding, int64_t groups,
-                            IntRef dilation, IntRef offset, SymIntArrayRef size) {
+                            const std::optional<at::Tensor>& bias, IntRef stride, IntRef padding,
+                            IntRef output_padding, int64_t groups, IntRef dilation, IntRef offset,
+                            SymIntArrayRef size) {
     save_geometry(ctx, stride, padding, groups, dilation, offset);
     ctx->saved_data["x_size"] = x.sym_sizes().vec();
     ctx->saved_data["w_size"] = w.sym_sizes().vec();
@@ -281,8 +287,10 @@ struct Deconv : torch::autograd::Function<Deconv> {
     const Geometry geo(ctx);
     const at::Tensor& g = grads[0];
     at::Tensor gx, gw, gb;
-    if (ctx->needs_input_grad(0)) gx = geo.input_grad(g, saved[1], sym_vec(ctx->saved_data.at("x_size")));
-    if (ctx->needs_input_grad(1)) gw = geo.weight_grad(g, saved[0], sym_vec(ctx->saved_data.at("w_size")));
+    if (ctx->needs_input_grad(0))
+      gx = geo.input_grad(g, saved[1], sym_vec(ctx->saved_data.at("x_size")));
+    if (ctx->needs_input_grad(1))
+      gw = geo.weight_grad(g, saved[0], sym_vec(ctx->saved_data.at("w_size")));
     // Edges exist only for defined tensors: the bias is edge 2 when given.
     if (ctx->saved_data.at("has_bias").toBool() && ctx->needs_input_grad(2)) {
       gb = g.sum({0, 2, 3});
@@ -301,33 +309,30 @@ at::Tensor bilinear_backward_autograd(const at::Tensor& g, SymIntArrayRef input_
                                       OptDouble sh, OptDouble sw) {
   return BilinearBackward::apply(g, input_size, ac, sh, sw);
 }
-at::Tensor unpool_autograd(const at::Tensor& x, const at::Tensor& ind, IntRef k, IntRef s,
-                           IntRef p, SymIntArrayRef size) {
+at::Tensor unpool_autograd(const at::Tensor& x, const at::Tensor& ind, IntRef k, IntRef s, IntRef p,
+                           SymIntArrayRef size) {
   return Unpool::apply(x, ind, k, s, p, size);
 }
-at::Tensor unpool_backward_autograd(const at::Tensor& g, const at::Tensor& ind, IntRef k,
-                                    IntRef s, IntRef p, bool check_indices) {
+at::Tensor unpool_backward_autograd(const at::Tensor& g, const at::Tensor& ind, IntRef k, IntRef s,
+                                    IntRef p, bool check_indices) {
   return UnpoolBackward::apply(g, ind, k, s, p, check_indices);
 }
 at::Tensor deconv_autograd(const at::Tensor& x, const at::Tensor& w,
                            const std::optional<at::Tensor>& b, IntRef stride, IntRef padding,
-                           IntRef output_padding, int64_t groups, IntRef dilation,
-                           IntRef offset, SymIntArrayRef size) {
-  return Deconv::apply(x, w, b, stride, padding, output_padding, groups, dilation, offset,
-                       size);
+                           IntRef output_padding, int64_t groups, IntRef dilation, IntRef offset,
+                           SymIntArrayRef size) {
+  return Deconv::apply(x, w, b, stride, padding, output_padding, groups, dilation, offset, size);
 }
 at::Tensor deconv_backward_input_autograd(const at::Tensor& g, const at::Tensor& w,
-                                          SymIntArrayRef input_size, IntRef stride,
-                                          IntRef padding, int64_t groups, IntRef dilation,
-                                          IntRef offset) {
+                                          SymIntArrayRef input_size, IntRef stride, IntRef padding,
+                                          int64_t groups, IntRef dilation, IntRef offset) {
   return DeconvBackwardInput::apply(g, w, input_size, stride, padding, groups, dilation, offset);
 }
 at::Tensor deconv_backward_weight_autograd(const at::Tensor& g, const at::Tensor& x,
                                            SymIntArrayRef weight_size, IntRef stride,
                                            IntRef padding, int64_t groups, IntRef dilation,
                                            IntRef offset) {
-  return DeconvBackwardWeight::apply(g, x, weight_size, stride, padding, groups, dilation,
-                                     offset);
+  return DeconvBackwardWeight::apply(g, x, weight_size, stride, padding, groups, dilation, offset);
 }
 
 }  // namespace

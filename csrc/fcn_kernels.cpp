@@ -8,8 +8,8 @@
 // below. No Python functions are bound: everything goes through torch.ops.
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "fcn_kernels operator library", -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "fcn_kernels operator library", -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
@@ -60,5 +60,9 @@ void define_schemas(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY(fcn_kernels, m) { define_schemas(m); }
-TORCH_LIBRARY(fcn_kernels_emu, m) { define_schemas(m); }
+TORCH_LIBRARY(fcn_kernels, m) {
+  define_schemas(m);
+}
+TORCH_LIBRARY(fcn_kernels_emu, m) {
+  define_schemas(m);
+}

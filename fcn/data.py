@@ -22,20 +22,53 @@ Input normalisation (``norm=``):
   (B 104.00698793, G 116.66876762, R 122.67891434) — what checkpoints of the original
   Caffe models and of the classic PyTorch port expect.
 """
+
 import os
 
 import numpy as np
 import torch
 
-__all__ = ["Normalize", "SyntheticSegmentation", "VOCSegmentation", "VOC_CLASSES",
-           "SYNTHETIC_CLASSES", "voc_palette", "colorize", "read_label", "write_label",
-           "pad_collate", "build_dataset", "IGNORE_INDEX", "DataError"]
+__all__ = [
+    "Normalize",
+    "SyntheticSegmentation",
+    "VOCSegmentation",
+    "VOC_CLASSES",
+    "SYNTHETIC_CLASSES",
+    "voc_palette",
+    "colorize",
+    "read_label",
+    "write_label",
+    "pad_collate",
+    "build_dataset",
+    "IGNORE_INDEX",
+    "DataError",
+]
 
 IGNORE_INDEX = 255
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-               "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 SYNTHETIC_CLASSES = ("background", "ring", "line", "dot", "cross")
 
@@ -162,8 +195,9 @@ def render_synthetic(rng, size):
     for _ in range(rng.integers(0, 3)):  # crosses: two thin bars
         cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
         arm, half = rng.uniform(5, 13) * s, rng.uniform(1.0, 2.0) * s
-        m = ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | \
-            ((np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half))
+        m = ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | (
+            (np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half)
+        )
         objects.append((4, m))
     for _ in range(rng.integers(2, 7)):  # small dots
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1.2, 2.6) * s
@@ -185,11 +219,11 @@ def render_synthetic(rng, size):
     lp = np.pad(label, 1, mode="edge")
     border = np.zeros((h, w), bool)
     for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        zq = zp[dy:dy + h, dx:dx + w]
-        lq = lp[dy:dy + h, dx:dx + w]
+        zq = zp[dy : dy + h, dx : dx + w]
+        lq = lp[dy : dy + h, dx : dx + w]
         border |= (zq > z) & (lq != label)
     cp = np.pad(colour, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    blur = sum(cp[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9.0
+    blur = sum(cp[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
     colour[border] = blur[border]
     colour += rng.normal(0, 8, colour.shape)
     label[border] = IGNORE_INDEX
@@ -208,8 +242,9 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
     class_names = SYNTHETIC_CLASSES
     num_classes = len(SYNTHETIC_CLASSES)
 
-    def __init__(self, num_images=256, size=64, seed=0, split="train", norm="torchvision",
-                 cache=True):
+    def __init__(
+        self, num_images=256, size=64, seed=0, split="train", norm="torchvision", cache=True
+    ):
         if not isinstance(num_images, (int, np.integer)) or num_images < 1:
             raise ValueError(f"num_images must be a positive int, got {num_images!r}")
         if split not in _SPLITS:
@@ -250,6 +285,7 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
 def read_image(path):
     """An image file as uint8 RGB ``H x W x 3``; clear errors for missing/unreadable."""
     from PIL import Image, UnidentifiedImageError
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -264,6 +300,7 @@ def read_label(path, num_classes=None):
     ("L") PNGs hold the indices directly; an RGB PNG is mapped back through the VOC
     palette. Values >= `num_classes` other than 255 raise :class:`DataError`."""
     from PIL import Image, UnidentifiedImageError
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label not found: {path}")
     try:
@@ -274,16 +311,20 @@ def read_label(path, num_classes=None):
             elif mode in ("RGB", "RGBA"):
                 lab = _rgb_to_index(np.asarray(im.convert("RGB")), path)
             else:
-                raise DataError(f"label {path}: unsupported PNG mode {mode!r} (expected a "
-                                "palette 'P' or greyscale 'L' image of class indices)")
+                raise DataError(
+                    f"label {path}: unsupported PNG mode {mode!r} (expected a "
+                    "palette 'P' or greyscale 'L' image of class indices)"
+                )
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read label {path}: {e}") from e
     lab = lab.astype(np.uint8)
     if num_classes is not None:
         bad = np.unique(lab[(lab >= num_classes) & (lab != IGNORE_INDEX)])
         if bad.size:
-            raise DataError(f"label {path} has values {bad[:10].tolist()} outside "
-                            f"[0, {num_classes}) (255 = void is allowed)")
+            raise DataError(
+                f"label {path} has values {bad[:10].tolist()} outside "
+                f"[0, {num_classes}) (255 = void is allowed)"
+            )
     return lab
 
 
@@ -296,8 +337,10 @@ def _rgb_to_index(rgb, path):
     idx = []
     for u in uniq:
         if int(u) not in lut:
-            raise DataError(f"label {path}: colour {((u >> 16) & 255, (u >> 8) & 255, u & 255)} "
-                            "is not in the VOC palette")
+            raise DataError(
+                f"label {path}: colour {((u >> 16) & 255, (u >> 8) & 255, u & 255)} "
+                "is not in the VOC palette"
+            )
         idx.append(lut[int(u)])
     return np.asarray(idx, np.uint8)[inv].reshape(px.shape)
 
@@ -305,6 +348,7 @@ def _rgb_to_index(rgb, path):
 def write_label(path, label):
     """Save ``H x W`` class indices as a VOC palette PNG."""
     from PIL import Image
+
     im = Image.fromarray(np.asarray(label).astype(np.uint8), mode="P")
     im.putpalette(voc_palette().ravel().tolist())
     im.save(path)
@@ -319,27 +363,34 @@ class VOCSegmentation(torch.utils.data.Dataset):
 
     class_names = VOC_CLASSES
 
-    def __init__(self, root, split="train", norm="torchvision", num_classes=21,
-                 class_names=None):
+    def __init__(self, root, split="train", norm="torchvision", num_classes=21, class_names=None):
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data folder not found: {root}")
         if not os.path.isdir(os.path.join(root, "JPEGImages")):
-            subs = sorted(d for d in os.listdir(root) if d.startswith("VOC")
-                          and os.path.isdir(os.path.join(root, d, "JPEGImages")))
+            subs = sorted(
+                d
+                for d in os.listdir(root)
+                if d.startswith("VOC") and os.path.isdir(os.path.join(root, d, "JPEGImages"))
+            )
             if len(subs) == 1:
                 root = os.path.join(root, subs[0])
         for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
             if not os.path.isdir(os.path.join(root, sub)):
                 raise FileNotFoundError(
                     f"{root} is not a VOC-layout folder: missing {sub}/ (expected JPEGImages/, "
-                    "SegmentationClass/, ImageSets/Segmentation/<split>.txt)")
+                    "SegmentationClass/, ImageSets/Segmentation/<split>.txt)"
+                )
         list_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
         if not os.path.isfile(list_file):
-            have = sorted(f[:-4] for f in os.listdir(os.path.join(root, "ImageSets", "Segmentation"))
-                          if f.endswith(".txt"))
-            raise FileNotFoundError(f"split list not found: {list_file} (available splits: "
-                                    f"{', '.join(have) or 'none'})")
+            have = sorted(
+                f[:-4]
+                for f in os.listdir(os.path.join(root, "ImageSets", "Segmentation"))
+                if f.endswith(".txt")
+            )
+            raise FileNotFoundError(
+                f"split list not found: {list_file} (available splits: {', '.join(have) or 'none'})"
+            )
         ids = []
         with open(list_file, encoding="utf-8", errors="replace") as f:
             for n, line in enumerate(f, 1):
@@ -347,7 +398,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 if not line:
                     continue
                 if len(line.split()) != 1 or "/" in line or "\\" in line:
-                    raise DataError(f"{list_file}:{n}: expected one image id per line, got {line!r}")
+                    raise DataError(
+                        f"{list_file}:{n}: expected one image id per line, got {line!r}"
+                    )
                 ids.append(line)
         if not ids:
             raise DataError(f"split list {list_file} lists no images")
@@ -366,7 +419,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
             lab = os.path.join(root, "SegmentationClass", i + ".png")
             for p, what in ((img, "image"), (lab, "label")):
                 if not os.path.isfile(p):
-                    raise FileNotFoundError(f"{what} of {i!r} (listed in {list_file}) not found: {p}")
+                    raise FileNotFoundError(
+                        f"{what} of {i!r} (listed in {list_file}) not found: {p}"
+                    )
             self.images.append(img)
             self.labels.append(lab)
 
@@ -380,8 +435,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
         img = read_image(self.images[i])
         lab = read_label(self.labels[i], self.num_classes)
         if img.shape[:2] != lab.shape:
-            raise DataError(f"image {self.images[i]} is {img.shape[1]}x{img.shape[0]} but its label "
-                            f"{self.labels[i]} is {lab.shape[1]}x{lab.shape[0]}")
+            raise DataError(
+                f"image {self.images[i]} is {img.shape[1]}x{img.shape[0]} but its label "
+                f"{self.labels[i]} is {lab.shape[1]}x{lab.shape[0]}"
+            )
         return img, lab
 
     def __getitem__(self, i):
@@ -403,13 +460,20 @@ def pad_collate(batch):
     imgs = torch.zeros(len(batch), 3, h, w, dtype=batch[0][0].dtype)
     labels = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.int64)
     for k, (img, lab) in enumerate(batch):
-        imgs[k, :, :img.shape[1], :img.shape[2]] = img
-        labels[k, :lab.shape[0], :lab.shape[1]] = lab
+        imgs[k, :, : img.shape[1], : img.shape[2]] = img
+        labels[k, : lab.shape[0], : lab.shape[1]] = lab
     return imgs, labels
 
 
-def build_dataset(data="synthetic", split="train", norm="torchvision", size=64,
-                  num_images=None, seed=0, num_classes=21):
+def build_dataset(
+    data="synthetic",
+    split="train",
+    norm="torchvision",
+    size=64,
+    num_images=None,
+    seed=0,
+    num_classes=21,
+):
     """``data="synthetic"``: the procedural set (`size`, `num_images`, `seed`; default
     256 train / 64 val images); otherwise a VOC-layout folder."""
     if data == "synthetic":

@@ -1,4 +1,5 @@
 """`fcn eval`: metrics of a checkpoint on a data set."""
+
 import json
 import math
 import os
@@ -15,17 +16,36 @@ def _data_args(ck, data, split, size, num_images, data_seed, norm, num_classes):
     same_data = data is None or data == cfg.get("data", "synthetic")
     data = data or cfg.get("data", "synthetic")
     if num_images is None and same_data and data == "synthetic":
-        num_images = {cfg.get("val_split"): cfg.get("num_val"),
-                      cfg.get("train_split"): cfg.get("num_train")}.get(split)
-    return dict(data=data, norm=norm or cfg.get("norm", "torchvision"),
-                size=size or cfg.get("size", 64), num_images=num_images,
-                seed=cfg.get("data_seed", 0) if data_seed is None else data_seed,
-                num_classes=num_classes or ck.get("num_classes") or 21)
+        num_images = {
+            cfg.get("val_split"): cfg.get("num_val"),
+            cfg.get("train_split"): cfg.get("num_train"),
+        }.get(split)
+    return dict(
+        data=data,
+        norm=norm or cfg.get("norm", "torchvision"),
+        size=size or cfg.get("size", 64),
+        num_images=num_images,
+        seed=cfg.get("data_seed", 0) if data_seed is None else data_seed,
+        num_classes=num_classes or ck.get("num_classes") or 21,
+    )
 
 
-def evaluate_checkpoint(checkpoint, data=None, split="val", size=None, num_images=None,
-                        data_seed=None, norm=None, batch_size=8, device="auto", upsample=None,
-                        arch=None, backbone=None, num_classes=None, progress=False):
+def evaluate_checkpoint(
+    checkpoint,
+    data=None,
+    split="val",
+    size=None,
+    num_images=None,
+    data_seed=None,
+    norm=None,
+    batch_size=8,
+    device="auto",
+    upsample=None,
+    arch=None,
+    backbone=None,
+    num_classes=None,
+    progress=False,
+):
     """Scores (see :func:`fcn.metrics.scores`) of `checkpoint` on `data` (default: the
     data set it was trained on) and `split`. Returns ``(scores, class_names)``."""
     dev = resolve_device(device)
@@ -33,8 +53,9 @@ def evaluate_checkpoint(checkpoint, data=None, split="val", size=None, num_image
     kw = _data_args(ck, data, split, size, num_images, data_seed, norm, num_classes)
     ds = build_dataset(split=split, **kw)
     if ds.num_classes != model.num_classes:
-        raise ValueError(f"the data set has {ds.num_classes} classes but the model "
-                         f"{model.num_classes}")
+        raise ValueError(
+            f"the data set has {ds.num_classes} classes but the model {model.num_classes}"
+        )
     hist = evaluate(model, ds, dev, batch_size, progress=progress)
     names = ck.get("class_names") or list(ds.class_names)
     return M.scores(hist), names, len(ds)

@@ -15,12 +15,19 @@ classes for which they are defined: a class absent from both truth and predictio
 IoU NaN and is skipped by ``mean_iu``; a class absent from the truth is skipped by
 ``acc_cls``.
 """
+
 import math
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "scores", "format_scores", "jsonable_scores", "SUMMARY_METRICS",
-           "METRICS"]
+__all__ = [
+    "confusion_matrix",
+    "scores",
+    "format_scores",
+    "jsonable_scores",
+    "SUMMARY_METRICS",
+    "METRICS",
+]
 
 # The summary metrics of `scores`, in table order; METRICS adds the per-class IoU.
 SUMMARY_METRICS = ("acc", "acc_cls", "mean_iu", "fwavacc")
@@ -60,7 +67,7 @@ def confusion_matrix(label_true, label_pred, num_classes, ignore_index=255):
     if p.size and (p.min() < 0 or p.max() >= num_classes):
         bad = np.unique(p[(p < 0) | (p >= num_classes)])[:10]
         raise ValueError(f"label_pred has values outside [0, {num_classes}): {bad.tolist()}")
-    hist = np.bincount(num_classes * t + p, minlength=num_classes ** 2)
+    hist = np.bincount(num_classes * t + p, minlength=num_classes**2)
     return hist.reshape(num_classes, num_classes).astype(np.int64)
 
 
@@ -108,7 +115,9 @@ def format_scores(s, class_names=None, title=None):
         lines.append("")
         lines.append(f"{'class':{width}s}  IoU")
         for name, v in zip(names, iu):
-            lines.append(f"{name:{width}s}  " + ("    n/a" if math.isnan(v) else f"{100 * v:6.2f}%"))
+            lines.append(
+                f"{name:{width}s}  " + ("    n/a" if math.isnan(v) else f"{100 * v:6.2f}%")
+            )
     return "\n".join(lines)
 
 

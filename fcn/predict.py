@@ -1,4 +1,5 @@
 """`fcn predict`: images in, palette PNG label maps and colour overlays out."""
+
 import os
 
 import numpy as np
@@ -19,8 +20,11 @@ def collect_images(inputs):
     for p in inputs:
         p = os.fspath(p)
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f)))
+            found = sorted(
+                os.path.join(p, f)
+                for f in os.listdir(p)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f))
+            )
             if not found:
                 raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {p}")
             files += found
@@ -40,15 +44,28 @@ def output_paths(files, out_dir):
     for f in files:
         stem = os.path.splitext(os.path.basename(f))[0]
         if stem in seen:
-            raise ValueError(f"two inputs would write the same outputs ({stem}.png): {seen[stem]} and {f}")
+            raise ValueError(
+                f"two inputs would write the same outputs ({stem}.png): {seen[stem]} and {f}"
+            )
         seen[stem] = f
-        out[f] = (os.path.join(out_dir, f"{stem}.png"), os.path.join(out_dir, f"{stem}_overlay.png"))
+        out[f] = (
+            os.path.join(out_dir, f"{stem}.png"),
+            os.path.join(out_dir, f"{stem}_overlay.png"),
+        )
     return out
 
 
 @torch.no_grad()
-def predict_files(model, inputs, out_dir, norm="torchvision", overwrite=False, alpha=0.5,
-                  device="cpu", progress=False):
+def predict_files(
+    model,
+    inputs,
+    out_dir,
+    norm="torchvision",
+    overwrite=False,
+    alpha=0.5,
+    device="cpu",
+    progress=False,
+):
     """Segment every image in `inputs`; write ``<stem>.png`` (palette PNG of class
     indices) and ``<stem>_overlay.png`` to `out_dir`. Refuses (FileExistsError, before
     writing anything) when an output exists, unless `overwrite`. Returns the paths written."""
@@ -59,7 +76,8 @@ def predict_files(model, inputs, out_dir, norm="torchvision", overwrite=False, a
         if existing:
             raise FileExistsError(
                 f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; "
-                "pass --overwrite to replace them")
+                "pass --overwrite to replace them"
+            )
     os.makedirs(out_dir, exist_ok=True)
     normalize = Normalize(norm)
     model.eval()
@@ -67,6 +85,7 @@ def predict_files(model, inputs, out_dir, norm="torchvision", overwrite=False, a
     it = files
     if progress:
         from tqdm import tqdm
+
         it = tqdm(files, desc="predict", leave=False)
     for f in it:
         img = read_image(f)

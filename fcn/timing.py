@@ -1,5 +1,6 @@
 """Wall-clock timing of a repeated step (the demo's training-step times; the model
 benchmark in benches/bench_model.py)."""
+
 import time
 
 import torch

@@ -1,4 +1,5 @@
 """Pictures with Pillow only: label colouring, overlays, comparison grids, learning curves."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,14 @@ from .data import colorize
 
 __all__ = ["overlay", "grid", "learning_curves"]
 
-SERIES_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                  (140, 86, 75)]
+SERIES_COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+]
 
 
 def overlay(img, label, alpha=0.5):
@@ -94,23 +101,37 @@ def _panel(draw, box, series, title, xlabel, ylabel, font, ylim=None, vlines=())
     for t in _nice_ticks(ymin, ymax):
         draw.line((px0, Y(t), px1, Y(t)), fill=(225, 225, 225))
         label = f"{t:g}"
-        draw.text((px0 - 6 - draw.textlength(label, font=font), Y(t) - 7), label, fill=(0, 0, 0), font=font)
+        draw.text(
+            (px0 - 6 - draw.textlength(label, font=font), Y(t) - 7),
+            label,
+            fill=(0, 0, 0),
+            font=font,
+        )
     for t in _nice_ticks(xmin, xmax):
         draw.line((X(t), py1, X(t), py1 + 4), fill=(0, 0, 0))
         label = f"{t:g}"
-        draw.text((X(t) - draw.textlength(label, font=font) / 2, py1 + 6), label, fill=(0, 0, 0), font=font)
+        draw.text(
+            (X(t) - draw.textlength(label, font=font) / 2, py1 + 6),
+            label,
+            fill=(0, 0, 0),
+            font=font,
+        )
     for xv, name in vlines:
         draw.line((X(xv), py0, X(xv), py1), fill=(160, 160, 160))
         draw.text((X(xv) + 3, py0 + 2), name, fill=(120, 120, 120), font=font)
-    draw.text(((px0 + px1) / 2 - draw.textlength(xlabel, font=font) / 2, py1 + 20), xlabel,
-              fill=(0, 0, 0), font=font)
+    draw.text(
+        ((px0 + px1) / 2 - draw.textlength(xlabel, font=font) / 2, py1 + 20),
+        xlabel,
+        fill=(0, 0, 0),
+        font=font,
+    )
     draw.text((x0 + 4, (py0 + py1) / 2 - 7), ylabel, fill=(0, 0, 0), font=font)
     for k, (name, xs, ys) in enumerate(series):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         line = [(X(x), Y(y)) for x, y in zip(xs, ys) if math.isfinite(y)]
         if len(line) > 1:
             draw.line(line, fill=colour, width=2)
-        for (a, b) in line:
+        for a, b in line:
             draw.ellipse((a - 2, b - 2, a + 2, b + 2), fill=colour)
         # legend on the title line, right-aligned, outside the plot area
         lx = px1 - 80 * (len(series) - k)
@@ -137,7 +158,17 @@ def learning_curves(histories, size=(900, 360)):
         if offset:
             vlines.append((offset, name))
         offset = xs[-1]
-    _panel(draw, (0, 0, W // 2, H), loss_series, "training loss", "step", "loss", font, vlines=vlines)
-    _panel(draw, (W // 2, 0, W, H), iou_series, "validation mean IoU (%)", "step", "mIoU", font,
-           vlines=vlines)
+    _panel(
+        draw, (0, 0, W // 2, H), loss_series, "training loss", "step", "loss", font, vlines=vlines
+    )
+    _panel(
+        draw,
+        (W // 2, 0, W, H),
+        iou_series,
+        "validation mean IoU (%)",
+        "step",
+        "mIoU",
+        font,
+        vlines=vlines,
+    )
     return canvas

@@ -4,6 +4,7 @@ Each public function is a drop-in for the torch.nn.functional call named in its
 docstring; the operators are registered as ``torch.ops.fcn_kernels.*`` with fake
 kernels and autograd, so they work with torch.compile and torch.export.
 """
+
 import torch  # noqa: F401  (must be imported before the extension loads)
 
 from . import _C  # noqa: F401  (registers the operators)
@@ -19,9 +20,18 @@ __version__ = "0.1.0"
 
 def cuda_built() -> bool:
     """True when the extension was compiled with its CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fcn_kernels::bilinear_upsample", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fcn_kernels::bilinear_upsample", "CUDA")
 
 
-__all__ = ["bilinear_upsample", "max_unpool2d", "conv_transpose2d_crop", "bilinear_kernel",
-           "deconv_full_size", "fuse", "nn", "testing", "cuda_built", "__version__"]
+__all__ = [
+    "bilinear_upsample",
+    "max_unpool2d",
+    "conv_transpose2d_crop",
+    "bilinear_kernel",
+    "deconv_full_size",
+    "fuse",
+    "nn",
+    "testing",
+    "cuda_built",
+    "__version__",
+]

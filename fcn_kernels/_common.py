@@ -1,16 +1,22 @@
 """Argument checks and layout rules shared by the operator wrappers."""
+
 import math
 import numbers
 
 import torch
+
 
 def pair(value, name: str, kind=numbers.Integral):
     """Expand an int (or float, with kind=numbers.Real) or a 2-sequence to a tuple of 2."""
     # Fast path for the common plain-int cases (these wrappers run on every call).
     if type(value) is int:
         return (value, value)
-    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int \
-            and type(value[1]) is int:
+    if (
+        type(value) in (tuple, list)
+        and len(value) == 2
+        and type(value[0]) is int
+        and type(value[1]) is int
+    ):
         return tuple(value)
     if isinstance(value, (list, tuple, torch.Size)):
         if len(value) != 2:
@@ -36,8 +42,11 @@ def check_finite_positive(values, name: str) -> None:
 def is_channels_last(t: torch.Tensor) -> bool:
     """The layout rule of csrc/common/tensor.h layout_of(): the C++ kernels produce a
     channels_last result exactly when this is true."""
-    return (t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def empty_like_layout(like: torch.Tensor, shape) -> torch.Tensor:

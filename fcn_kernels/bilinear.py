@@ -1,4 +1,5 @@
 """Bilinear upsampling: ``torch.ops.fcn_kernels.bilinear_upsample`` and its autograd."""
+
 import math
 import numbers
 
@@ -9,8 +10,14 @@ from ._common import check_finite_positive, empty_like_layout, pair
 _ops = torch.ops.fcn_kernels
 
 
-def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
-                      recompute_scale_factor=None, antialias=False):
+def bilinear_upsample(
+    x,
+    size=None,
+    scale_factor=None,
+    align_corners=False,
+    recompute_scale_factor=None,
+    antialias=False,
+):
     """Bilinear resize of a 4-D tensor; same result as ``F.interpolate(x, size,
     scale_factor, mode="bilinear", align_corners, recompute_scale_factor, antialias)``,
     with the same argument forms, checks and errors.
@@ -44,8 +51,9 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
     if recompute_scale_factor and size is not None:
         raise ValueError("recompute_scale_factor is not meaningful with an explicit size.")
     if antialias:
-        return torch.nn.functional.interpolate(x, size, scale_factor, "bilinear",
-                                               align_corners, recompute_scale_factor, True)
+        return torch.nn.functional.interpolate(
+            x, size, scale_factor, "bilinear", align_corners, recompute_scale_factor, True
+        )
     if size is not None:
         out = pair(size, "size")
         scales = (None, None)
@@ -58,7 +66,8 @@ def bilinear_upsample(x, size=None, scale_factor=None, align_corners=False,
         if any(v <= 0 for v in out):
             raise ValueError(
                 f"scale_factor {scale_factor!r} gives an empty output for input of spatial "
-                f"size {tuple(x.shape[2:])}")
+                f"size {tuple(x.shape[2:])}"
+            )
         if recompute_scale_factor:
             scales = (None, None)  # the size ratio defines the source positions
     return _ops.bilinear_upsample(x, list(out), align_corners, scales[0], scales[1])
@@ -74,5 +83,6 @@ def _fake_forward(x, output_size, align_corners, scale_h, scale_w):
 def _fake_backward(grad_output, input_size, align_corners, scale_h, scale_w):
     torch._check(grad_output.dim() == 4, lambda: "grad_output must be 4-D")
     return empty_like_layout(grad_output, tuple(input_size))
+
 
 # Autograd (double backward included) is registered in C++: csrc/autograd.cpp.

@@ -19,6 +19,7 @@ state_dict keys. torch.export bakes train/eval behaviour (dropout, batch norm) i
 graph, so the module keeps one captured graph per mode, capturing the other mode on the
 first call after ``.train()`` / ``.eval()`` switches to it.
 """
+
 import logging
 import math
 import operator
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 
 _aten = torch.ops.aten
 _fk = torch.ops.fcn_kernels
-_BIG = 2 ** 62  # slice ends at or past this mean "to the end" (export writes INT64_MAX)
+_BIG = 2**62  # slice ends at or past this mean "to the end" (export writes INT64_MAX)
 
 
-def fuse(model: nn.Module, example_inputs, dynamic_shapes=None, strict=False,
-         capture="auto") -> nn.Module:
+def fuse(
+    model: nn.Module, example_inputs, dynamic_shapes=None, strict=False, capture="auto"
+) -> nn.Module:
     """Returns ``model`` rewritten onto fcn_kernels' operators (see the module docstring).
 
     example_inputs: a tuple of positional inputs (a single tensor is accepted).
@@ -52,8 +54,10 @@ def fuse(model: nn.Module, example_inputs, dynamic_shapes=None, strict=False,
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, tuple):
-        raise TypeError("example_inputs must be a tuple of the model's positional inputs, "
-                        f"got {type(example_inputs).__name__}")
+        raise TypeError(
+            "example_inputs must be a tuple of the model's positional inputs, "
+            f"got {type(example_inputs).__name__}"
+        )
     return FusedModule(model, example_inputs, dynamic_shapes, strict, capture)
 
 
@@ -70,8 +74,9 @@ class FusedModule(nn.Module):
                 self.register_parameter(name, p)
         for name, b in model._buffers.items():
             if b is not None:
-                self.register_buffer(name, b,
-                                     persistent=name not in model._non_persistent_buffers_set)
+                self.register_buffer(
+                    name, b, persistent=name not in model._non_persistent_buffers_set
+                )
         object.__setattr__(self, "_original", model)  # not a child: no duplicate keys
         self._capture_args = (example_inputs, dynamic_shapes, strict, capture)
         self._graphs = {}  # mode (True/False; None for torch.fx: mode-independent) -> graph
@@ -83,22 +88,29 @@ class FusedModule(nn.Module):
     def _graph(self):
         key = None if self.capture == "fx" else self.training
         if key not in self._graphs:
-            gm, self.capture, rewrites = _capture(self._original, self.training,
-                                                  *self._capture_args)
+            gm, self.capture, rewrites = _capture(
+                self._original, self.training, *self._capture_args
+            )
             self._bind(gm)
             self._graphs[None if self.capture == "fx" else self.training] = gm
             if not self.rewrites:
                 self.rewrites = rewrites
-                log.info("fcn_kernels.fuse (%s): %d rewrite(s): %s", self.capture,
-                         len(rewrites), "; ".join(rewrites) or "none")
+                log.info(
+                    "fcn_kernels.fuse (%s): %d rewrite(s): %s",
+                    self.capture,
+                    len(rewrites),
+                    "; ".join(rewrites) or "none",
+                )
         return self._graphs[None if self.capture == "fx" else self.training]
 
     def _bind(self, gm):
         """Points the graph module's parameters and buffers at the original's objects
         (after capture, and after .to()/.half() replace buffers)."""
         m = self._original
-        for kind, items in (("_parameters", m.named_parameters(remove_duplicate=False)),
-                            ("_buffers", m.named_buffers(remove_duplicate=False))):
+        for kind, items in (
+            ("_parameters", m.named_parameters(remove_duplicate=False)),
+            ("_buffers", m.named_buffers(remove_duplicate=False)),
+        ):
             for fqn, t in items:
                 *path, leaf = fqn.split(".")
                 owner = gm
@@ -128,6 +140,7 @@ class FusedModule(nn.Module):
 
 # --- capture --------------------------------------------------------------------------
 
+
 def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
     was = model.training
     model.train(mode)
@@ -136,8 +149,9 @@ def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
             gm = torch.fx.symbolic_trace(model)
             return gm, "fx", _rewrite_fx(gm)
         try:
-            ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes,
-                                     strict=strict)
+            ep = torch.export.export(
+                model, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict
+            )
         except Exception as export_error:  # noqa: BLE001 (any failure: try torch.fx)
             if capture == "export":
                 raise
@@ -146,10 +160,14 @@ def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
             except Exception as fx_error:  # noqa: BLE001
                 raise RuntimeError(
                     f"fcn_kernels.fuse: torch.export failed ({export_error}) and so did "
-                    f"torch.fx.symbolic_trace ({fx_error})") from fx_error
+                    f"torch.fx.symbolic_trace ({fx_error})"
+                ) from fx_error
             if dynamic_shapes is not None:
-                log.info("fcn_kernels.fuse: torch.export failed (%s); the torch.fx graph "
-                         "runs any input size", export_error)
+                log.info(
+                    "fcn_kernels.fuse: torch.export failed (%s); the torch.fx graph "
+                    "runs any input size",
+                    export_error,
+                )
             return gm, "fx", _rewrite_fx(gm)
         gm = ep.module()
         return gm, "export", _rewrite_aten(gm)
@@ -209,6 +227,7 @@ class _Emit:
 
 # --- rewriting the export (ATen) graph -------------------------------------------------
 
+
 def _rewrite_aten(gm):
     g = gm.graph
     rewrites = []
@@ -243,8 +262,9 @@ def _deconv_crop(g, node):
     shape = _shape(x)
     if shape is None or len(shape) != 4 or len(_shape(w) or ()) != 4:
         return None
-    stride, padding, output_padding, dilation = map(_pair, (stride, padding, output_padding,
-                                                            dilation))
+    stride, padding, output_padding, dilation = map(
+        _pair, (stride, padding, output_padding, dilation)
+    )
     # Follow the chain of slices (each the only user of the previous value), one per dim.
     chain, spans, cur = [], {}, node
     while len(cur.users) == 1:
@@ -271,22 +291,28 @@ def _deconv_crop(g, node):
             n = emit.size(x, d)
             kh = _shape(w)[d]
             # full = (n - 1) * s - 2 p + dil * (k - 1) + output_padding + 1
-            full = emit.op(operator.add, emit.op(operator.mul, emit.op(operator.sub, n, 1),
-                                                 stride[i]),
-                           -2 * padding[i] + dilation[i] * (kh - 1) + output_padding[i] + 1)
+            full = emit.op(
+                operator.add,
+                emit.op(operator.mul, emit.op(operator.sub, n, 1), stride[i]),
+                -2 * padding[i] + dilation[i] * (kh - 1) + output_padding[i] + 1,
+            )
             start, end = spans.get(d, (None, None))
             start = _bound(emit, start, full, 0)
             end = _bound(emit, end, full, full)
-            if not isinstance(start, torch.fx.Node) and not isinstance(end, torch.fx.Node) \
-                    and not isinstance(full, torch.fx.Node):
+            if (
+                not isinstance(start, torch.fx.Node)
+                and not isinstance(end, torch.fx.Node)
+                and not isinstance(full, torch.fx.Node)
+            ):
                 start, end = min(max(start, 0), full), min(max(end, 0), full)
                 if end <= start:
                     return None  # empty: ATen returns an empty tensor, leave it
             offset.append(start)
             size.append(emit.op(operator.sub, end, start))
-        new = g.call_function(_fk.conv_transpose2d_crop.default,
-                              (x, w, b, stride, padding, output_padding, groups, dilation,
-                               offset, size))
+        new = g.call_function(
+            _fk.conv_transpose2d_crop.default,
+            (x, w, b, stride, padding, output_padding, groups, dilation, offset, size),
+        )
     new.meta.update(chain[-1].meta)
     chain[-1].replace_all_uses_with(new)
     for n in reversed(chain):
@@ -302,8 +328,10 @@ def _full_slice(spans, node):
         start, end = spans[d]
         if start not in (None, 0):
             return False
-        if end is None or (isinstance(end, int) and (end >= _BIG or (
-                isinstance(shape[d], int) and end >= shape[d]))):
+        if end is None or (
+            isinstance(end, int)
+            and (end >= _BIG or (isinstance(shape[d], int) and end >= shape[d]))
+        ):
             continue
         return False
     return True
@@ -347,8 +375,9 @@ def _bilinear(g, node):
                     elif isinstance(n, int):
                         size.append(math.floor(n * s))
                     else:
-                        size.append(g.call_function(math.floor,
-                                                    (g.call_function(operator.mul, (n, s)),)))
+                        size.append(
+                            g.call_function(math.floor, (g.call_function(operator.mul, (n, s)),))
+                        )
             args = (x, size, ac, float(scales[0]), float(scales[1]))
     with g.inserting_before(node):
         new = g.call_function(_fk.bilinear_upsample.default, args)
@@ -362,11 +391,18 @@ def _unpool(g, node):
     x, indices, output_size = _args(node)
     if len(_shape(x) or ()) != 4:
         return None
-    pool = indices.args[0] if (isinstance(indices, torch.fx.Node)
-                               and indices.target is operator.getitem
-                               and indices.args[1] == 1) else None
-    if not (isinstance(pool, torch.fx.Node)
-            and pool.target is _aten.max_pool2d_with_indices.default):
+    pool = (
+        indices.args[0]
+        if (
+            isinstance(indices, torch.fx.Node)
+            and indices.target is operator.getitem
+            and indices.args[1] == 1
+        )
+        else None
+    )
+    if not (
+        isinstance(pool, torch.fx.Node) and pool.target is _aten.max_pool2d_with_indices.default
+    ):
         return None  # indices of unknown origin: the pooling geometry is unknown
     _, kernel, stride, padding, dilation, _ = _args(pool)
     kernel, padding, dilation = _pair(kernel), _pair(padding), _pair(dilation)
@@ -380,8 +416,9 @@ def _unpool(g, node):
         if o is None or not default - s < o < default + s or o <= 0:
             return None
     with g.inserting_before(node):
-        new = g.call_function(_fk.max_unpool2d.default,
-                              (x, indices, kernel, stride, padding, list(output_size)))
+        new = g.call_function(
+            _fk.max_unpool2d.default, (x, indices, kernel, stride, padding, list(output_size))
+        )
     new.meta.update(node.meta)
     node.replace_all_uses_with(new)
     g.erase_node(node)
@@ -399,6 +436,7 @@ def _hint(v):
 
 # --- rewriting the torch.fx (torch-level) graph -------------------------------------------
 
+
 def _rewrite_fx(gm):
     import torch.nn.functional as F
 
@@ -411,8 +449,20 @@ def _rewrite_fx(gm):
     for node in list(g.nodes):
         mod = gm.get_submodule(node.target) if node.op == "call_module" else None
         if node.op == "call_function" and node.target is F.interpolate:
-            kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners",
-                           "recompute_scale_factor", "antialias"), node.args))
+            kw = dict(
+                zip(
+                    (
+                        "input",
+                        "size",
+                        "scale_factor",
+                        "mode",
+                        "align_corners",
+                        "recompute_scale_factor",
+                        "antialias",
+                    ),
+                    node.args,
+                )
+            )
             kw.update(node.kwargs)
             if kw.get("mode", "nearest") != "bilinear" or kw.get("antialias", False):
                 continue
@@ -423,10 +473,16 @@ def _rewrite_fx(gm):
             rewrites.append(f"{node.name}: F.interpolate -> fcn_kernels.bilinear_upsample")
         elif isinstance(mod, nn.Upsample) and mod.mode == "bilinear":
             with g.inserting_before(node):
-                new = g.call_function(bilinear_upsample, node.args, dict(
-                    size=mod.size, scale_factor=mod.scale_factor,
-                    align_corners=mod.align_corners,
-                    recompute_scale_factor=mod.recompute_scale_factor))
+                new = g.call_function(
+                    bilinear_upsample,
+                    node.args,
+                    dict(
+                        size=mod.size,
+                        scale_factor=mod.scale_factor,
+                        align_corners=mod.align_corners,
+                        recompute_scale_factor=mod.recompute_scale_factor,
+                    ),
+                )
             node.replace_all_uses_with(new)
             g.erase_node(node)
             rewrites.append(f"{node.target}: nn.Upsample -> fcn_kernels.bilinear_upsample")
@@ -436,9 +492,11 @@ def _rewrite_fx(gm):
         elif isinstance(mod, nn.MaxUnpool2d) and type(mod) is nn.MaxUnpool2d:
             with g.inserting_before(node):
                 args = list(node.args) + [None] * (3 - len(node.args))
-                new = g.call_function(max_unpool2d, (args[0], args[1], mod.kernel_size,
-                                                     mod.stride, mod.padding),
-                                      dict(output_size=node.kwargs.get("output_size", args[2])))
+                new = g.call_function(
+                    max_unpool2d,
+                    (args[0], args[1], mod.kernel_size, mod.stride, mod.padding),
+                    dict(output_size=node.kwargs.get("output_size", args[2])),
+                )
             node.replace_all_uses_with(new)
             g.erase_node(node)
             rewrites.append(f"{node.target}: nn.MaxUnpool2d -> fcn_kernels.max_unpool2d")
@@ -462,8 +520,11 @@ def _fx_deconv_crop(gm, node, mod, op):
     if user.op != "call_function" or user.target is not operator.getitem:
         return None
     index = user.args[1]
-    if not isinstance(index, tuple) or len(index) != 4 or not all(
-            isinstance(s, slice) and s.step in (None, 1) for s in index):
+    if (
+        not isinstance(index, tuple)
+        or len(index) != 4
+        or not all(isinstance(s, slice) and s.step in (None, 1) for s in index)
+    ):
         return None
     if any(s.start not in (None, 0) or s.stop is not None for s in index[:2]):
         return None
@@ -479,16 +540,30 @@ def _fx_deconv_crop(gm, node, mod, op):
         size = None
     else:
         with gm.graph.inserting_before(user):
-            size = [gm.graph.call_function(operator.sub, (b, a))
-                    if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node) else b - a
-                    for a, b in zip(starts, stops)]
+            size = [
+                gm.graph.call_function(operator.sub, (b, a))
+                if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node)
+                else b - a
+                for a, b in zip(starts, stops)
+            ]
     g = gm.graph
     with g.inserting_before(user):
         w = g.get_attr(f"{node.target}.weight")
         b = g.get_attr(f"{node.target}.bias") if mod.bias is not None else None
-        new = g.call_function(op, (node.args[0], w, b, mod.stride, mod.padding,
-                                   mod.output_padding, mod.groups, mod.dilation),
-                              dict(offset=starts, size=size))
+        new = g.call_function(
+            op,
+            (
+                node.args[0],
+                w,
+                b,
+                mod.stride,
+                mod.padding,
+                mod.output_padding,
+                mod.groups,
+                mod.dilation,
+            ),
+            dict(offset=starts, size=size),
+        )
     user.replace_all_uses_with(new)
     g.erase_node(user)
     g.erase_node(node)

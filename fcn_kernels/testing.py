@@ -13,6 +13,7 @@ CUDA code paths on a machine without a GPU::
 Emulation checks indexing, dtypes, layouts, multi-pass logic and launch configurations;
 it cannot show data races, stream or CUDA-graph problems, register limits or timing.
 """
+
 import contextlib
 
 import torch
@@ -20,9 +21,12 @@ import torch
 from . import _C  # noqa: F401  (registers the operators)
 
 OPS = (
-    "bilinear_upsample", "bilinear_upsample_backward",
-    "max_unpool2d", "max_unpool2d_backward",
-    "conv_transpose2d_crop", "conv_transpose2d_crop_backward_input",
+    "bilinear_upsample",
+    "bilinear_upsample_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
+    "conv_transpose2d_crop",
+    "conv_transpose2d_crop_backward_input",
     "conv_transpose2d_crop_backward_weight",
 )
 

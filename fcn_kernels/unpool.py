@@ -1,4 +1,5 @@
 """Max-unpooling: ``torch.ops.fcn_kernels.max_unpool2d`` and its autograd."""
+
 import torch
 
 from ._common import empty_like_layout, pair
@@ -44,17 +45,24 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     if not isinstance(indices, torch.Tensor):
         raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
     if input.dim() not in (3, 4):
-        raise ValueError("input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got "
-                         f"shape {tuple(input.shape)}")
+        raise ValueError(
+            "input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got "
+            f"shape {tuple(input.shape)}"
+        )
     kernel_size = pair(kernel_size, "kernel_size")
     stride = kernel_size if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding")
     size = _output_size(input.shape[-2:], kernel_size, stride, padding, output_size)
     if input.dim() == 3:
-        return _ops.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), list(kernel_size),
-                                 list(stride), list(padding), size).squeeze(0)
-    return _ops.max_unpool2d(input, indices, list(kernel_size), list(stride), list(padding),
-                             size)
+        return _ops.max_unpool2d(
+            input.unsqueeze(0),
+            indices.unsqueeze(0),
+            list(kernel_size),
+            list(stride),
+            list(padding),
+            size,
+        ).squeeze(0)
+    return _ops.max_unpool2d(input, indices, list(kernel_size), list(stride), list(padding), size)
 
 
 def _output_size(in_hw, kernel_size, stride, padding, output_size):
@@ -62,20 +70,28 @@ def _output_size(in_hw, kernel_size, stride, padding, output_size):
     for these kernel_size/stride/padding, or the last two of 2 or 4 given numbers (whose
     range C++ checks)."""
     if output_size is None:
-        default = [(n - 1) * s + k - 2 * p
-                   for n, k, s, p in zip(in_hw, kernel_size, stride, padding)]
-        if all(isinstance(v, int) for v in (*kernel_size, *stride, *padding)) and \
-                min(kernel_size + stride) > 0 and min(padding) >= 0 and min(in_hw) > 0 and \
-                any(v <= 0 for v in default):
+        default = [
+            (n - 1) * s + k - 2 * p for n, k, s, p in zip(in_hw, kernel_size, stride, padding)
+        ]
+        if (
+            all(isinstance(v, int) for v in (*kernel_size, *stride, *padding))
+            and min(kernel_size + stride) > 0
+            and min(padding) >= 0
+            and min(in_hw) > 0
+            and any(v <= 0 for v in default)
+        ):
             raise ValueError(
                 f"kernel_size {kernel_size}, stride {stride} and padding {padding} give an "
-                f"empty output for input of spatial size {tuple(in_hw)}")
+                f"empty output for input of spatial size {tuple(in_hw)}"
+            )
         return default
     if not isinstance(output_size, (list, tuple, torch.Size)):
         raise TypeError(f"output_size must be a sequence of 2 or 4 integers, got {output_size!r}")
     if len(output_size) not in (2, 4):
-        raise ValueError("output_size must have 2 or 4 elements (the last two are used), "
-                         f"got {len(output_size)}: {output_size!r}")
+        raise ValueError(
+            "output_size must have 2 or 4 elements (the last two are used), "
+            f"got {len(output_size)}: {output_size!r}"
+        )
     return list(pair(tuple(output_size[-2:]), "output_size"))
 
 
@@ -88,8 +104,10 @@ def _fake_forward(x, indices, kernel_size, stride, padding, output_size):
 
 @torch.library.register_fake("fcn_kernels::max_unpool2d_backward")
 def _fake_backward(grad_output, indices, kernel_size, stride, padding, check_indices=True):
-    torch._check(grad_output.dim() == 4 and indices.dim() == 4,
-                 lambda: "grad_output and indices must be 4-D")
+    torch._check(
+        grad_output.dim() == 4 and indices.dim() == 4, lambda: "grad_output and indices must be 4-D"
+    )
     return empty_like_layout(grad_output, indices.shape)
+
 
 # Autograd (double backward included) is registered in C++: csrc/autograd.cpp.

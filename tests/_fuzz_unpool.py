@@ -1,6 +1,7 @@
 """max_unpool2d cases for tests/test_fuzz.py: random max-pooling geometries (padding,
 ceil mode, stride above and below the kernel, batch 0), unpooled back to the pooled
 map's size, against F.max_unpool2d in float64."""
+
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +21,16 @@ def draw_unpool(rng):
         if all(d - ss < n < d + ss for d, n, ss in zip(default, hw, s)):
             break  # unpooling can give back the pooled map's size
     size = rng.choice([hw, (0, 0) + hw])  # output_size as 2 or 4 numbers
-    return dict(n=rng.choice([0, 1, 2]), c=rng.choice([1, 2, 3, 5]), hw=hw, k=k, s=s, p=p,
-                ceil=ceil, size=size)
+    return dict(
+        n=rng.choice([0, 1, 2]),
+        c=rng.choice([1, 2, 3, 5]),
+        hw=hw,
+        k=k,
+        s=s,
+        p=p,
+        ceil=ceil,
+        size=size,
+    )
 
 
 def _pooled_size(n, k, s, p, ceil):
@@ -36,8 +45,9 @@ def check_unpool(case, dtype, how, device):
     x64 = torch.randn(c["n"], c["c"], *c["hw"], dtype=torch.float64, device=device)
     # Values: the pooled maxima (so repeated indices, from overlapping windows, carry
     # equal values and ATen's unordered result is well defined), rounded to dtype.
-    v, idx = F.max_pool2d(x64.to(dtype).double(), c["k"], c["s"], c["p"], ceil_mode=c["ceil"],
-                          return_indices=True)
+    v, idx = F.max_pool2d(
+        x64.to(dtype).double(), c["k"], c["s"], c["p"], ceil_mode=c["ceil"], return_indices=True
+    )
     x = to_layout(v.to(dtype), how).requires_grad_()
     idx = to_layout(idx, how)
     ref_in = x.detach().double().requires_grad_()
@@ -48,4 +58,3 @@ def check_unpool(case, dtype, how, device):
     (gx,) = torch.autograd.grad(y, x, g)
     (gref,) = torch.autograd.grad(ref, ref_in, g.double())
     return y, ref, gx, gref, gref.abs()
-

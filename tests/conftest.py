@@ -1,4 +1,5 @@
 """Shared fixtures: devices, dtypes and tolerances for comparing with ATen."""
+
 import pytest
 import torch
 
@@ -17,11 +18,15 @@ def pytest_collection_modifyitems(items):
         if any(m.kwargs.get("reason") == _NEEDS_CUDA for m in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)
 
+
 # Every test that takes `device` runs on CPU, on the CUDA code emulated on the CPU
 # ("emu": CPU tensors, torch.ops.fcn_kernels routed to torch.ops.fcn_kernels_emu, see
 # fcn_kernels/testing.py), and on CUDA where a GPU is visible (skipped without one).
-DEVICES = ["cpu", pytest.param("emu", marks=pytest.mark.emu),
-           pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
+DEVICES = [
+    "cpu",
+    pytest.param("emu", marks=pytest.mark.emu),
+    pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda]),
+]
 _EMULATING = [False]
 
 
@@ -29,6 +34,8 @@ def gpu_code(device) -> bool:
     """True when `device` (a `device` fixture value) runs the GPU implementation:
     on CUDA, or emulated on the CPU."""
     return str(device).startswith("cuda") or _EMULATING[0]
+
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 # Tolerances for results rounded to `dtype` from a float64 reference computed on the
@@ -53,7 +60,7 @@ def _seed():
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """"cpu" or "cuda"; for "emu", "cpu" with the CUDA code emulated (gpu_code() is
+    """ "cpu" or "cuda"; for "emu", "cpu" with the CUDA code emulated (gpu_code() is
     then True)."""
     if request.param != "emu":
         yield request.param

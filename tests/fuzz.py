@@ -9,6 +9,7 @@ Each failure prints its op, device, seed and case index; reproduce one with
 `FCN_FUZZ_SEED=<seed> FCN_FUZZ_CASES=<index+1> pytest tests/test_fuzz.py -k <op>`.
 Exit status 1 if any case failed.
 """
+
 import argparse
 import contextlib
 import os
@@ -42,13 +43,17 @@ def main(argv=None):
                     n = min(args.chunk, args.cases - done)
                     # Chunks use seeds seed, seed+1, ...: each chunk is reproducible alone.
                     chunk_seed = args.seed + done // args.chunk
-                    failed += test_fuzz.run_cases(op, "cpu" if device == "emu" else device,
-                                                  cases=n, seed=chunk_seed)
+                    failed += test_fuzz.run_cases(
+                        op, "cpu" if device == "emu" else device, cases=n, seed=chunk_seed
+                    )
                     done += n
             secs = time.perf_counter() - start
             total_failed += len(failed)
-            print(f"{op:9s} {device:5s} {args.cases:6d} cases  {len(failed):4d} failed  "
-                  f"{secs:7.1f} s", flush=True)
+            print(
+                f"{op:9s} {device:5s} {args.cases:6d} cases  {len(failed):4d} failed  "
+                f"{secs:7.1f} s",
+                flush=True,
+            )
             for line in failed[:20]:
                 print("  FAIL " + line, flush=True)
     return 1 if total_failed else 0

@@ -1,4 +1,5 @@
 """fcn_kernels.bilinear_upsample against F.interpolate(mode="bilinear")."""
+
 import itertools
 
 import pytest
@@ -95,8 +96,9 @@ def test_non_contiguous_inputs(device):
     ]
     for v in views:
         assert not v.is_contiguous()
-        assert_close(fk.bilinear_upsample(v, scale_factor=1.5),
-                     ref(v, dict(scale_factor=1.5), False))
+        assert_close(
+            fk.bilinear_upsample(v, scale_factor=1.5), ref(v, dict(scale_factor=1.5), False)
+        )
     # A non-contiguous gradient (e.g. from a later transpose) works too.
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
     y = fk.bilinear_upsample(x, size=(9, 9)).transpose(2, 3).sum(dim=1, keepdim=True)
@@ -134,11 +136,16 @@ def test_opcheck():
     ops = torch.ops.fcn_kernels
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     xl = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
-    for args in [(x, [7, 9], False, None, None), (xl, [3, 11], True, None, None),
-                 (x, [6, 7], False, 1.5, 1.5)]:
+    for args in [
+        (x, [7, 9], False, None, None),
+        (xl, [3, 11], True, None, None),
+        (x, [6, 7], False, 1.5, 1.5),
+    ]:
         torch.library.opcheck(ops.bilinear_upsample.default, args)
     g = torch.randn(2, 3, 7, 9, requires_grad=True)
-    torch.library.opcheck(ops.bilinear_upsample_backward.default, (g, [2, 3, 4, 5], False, None, None))
+    torch.library.opcheck(
+        ops.bilinear_upsample_backward.default, (g, [2, 3, 4, 5], False, None, None)
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -192,24 +199,92 @@ def test_module_matches_nn_upsample():
 
 
 ERRORS = [
-    (lambda: fk.bilinear_upsample(torch.randn(3, 4, 5), size=4), NotImplementedError, "needs 4D input"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5), size=4), NotImplementedError, "needs 4D input"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5, 6), size=4), ValueError, "input must be a 4-D"),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(3, 4, 5), size=4),
+        NotImplementedError,
+        "needs 4D input",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5), size=4),
+        NotImplementedError,
+        "needs 4D input",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 4, 5, 6), size=4),
+        ValueError,
+        "input must be a 4-D",
+    ),
     (lambda: fk.bilinear_upsample([[1.0]], size=4), TypeError, "input must be a torch.Tensor"),
-    (lambda: fk.bilinear_upsample(torch.zeros(1, 1, 3, 3, dtype=torch.int64), size=4), TypeError, "input must be float"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, scale_factor=2), ValueError, "only one of size or scale_factor"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3)), ValueError, "either size or scale_factor"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=0), ValueError, "size must be positive"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, -2)), ValueError, "size must be positive"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, 4, 4)), ValueError, "size must be a number or a pair"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=2.5), TypeError, "size must be integers"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("nan")), ValueError, "scale_factor must be finite"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("inf")), ValueError, "scale_factor must be finite"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=-2), ValueError, "scale_factor must be finite and positive"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=0.1), ValueError, "scale_factor .* empty output"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor="2"), TypeError, "scale_factor must be numbers"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 0, 3), size=4), ValueError, "non-empty spatial"),
-    (lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, align_corners=1), TypeError, "align_corners must be a bool"),
+    (
+        lambda: fk.bilinear_upsample(torch.zeros(1, 1, 3, 3, dtype=torch.int64), size=4),
+        TypeError,
+        "input must be float",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, scale_factor=2),
+        ValueError,
+        "only one of size or scale_factor",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3)),
+        ValueError,
+        "either size or scale_factor",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=0),
+        ValueError,
+        "size must be positive",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, -2)),
+        ValueError,
+        "size must be positive",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=(4, 4, 4)),
+        ValueError,
+        "size must be a number or a pair",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=2.5),
+        TypeError,
+        "size must be integers",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("nan")),
+        ValueError,
+        "scale_factor must be finite",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=float("inf")),
+        ValueError,
+        "scale_factor must be finite",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=-2),
+        ValueError,
+        "scale_factor must be finite and positive",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor=0.1),
+        ValueError,
+        "scale_factor .* empty output",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), scale_factor="2"),
+        TypeError,
+        "scale_factor must be numbers",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 0, 3), size=4),
+        ValueError,
+        "non-empty spatial",
+    ),
+    (
+        lambda: fk.bilinear_upsample(torch.randn(1, 1, 3, 3), size=4, align_corners=1),
+        TypeError,
+        "align_corners must be a bool",
+    ),
 ]
 
 
@@ -234,6 +309,7 @@ def test_direct_op_calls_are_checked_in_cpp():
 
 
 # ---- the CUDA code, emulated on the CPU (fcn_kernels.testing) ------------------------
+
 
 @pytest.mark.emu
 @pytest.mark.parametrize("limit", [0, 50], ids=["int32", "int64"])
@@ -267,7 +343,9 @@ def test_emulated_gradcheck_and_direct_ops():
     with emulated_cuda():
         assert torch.autograd.gradcheck(lambda t: fk.bilinear_upsample(t, scale_factor=1.7), (x,))
     # The emulated ops themselves, called directly, check their arguments like the CUDA ones.
-    assert_close(emu.bilinear_upsample(x.detach(), [9, 5], True, None, None),
-                 ref(x.detach(), dict(size=(9, 5)), True))
+    assert_close(
+        emu.bilinear_upsample(x.detach(), [9, 5], True, None, None),
+        ref(x.detach(), dict(size=(9, 5)), True),
+    )
     with pytest.raises(ValueError, match="output_size must be positive"):
         emu.bilinear_upsample(x.detach(), [0, 5], True, None, None)

@@ -1,4 +1,5 @@
 """The `fcn` command line, end to end on tiny data."""
+
 import json
 import os
 import subprocess
@@ -27,16 +28,26 @@ def test_version_and_help(capsys):
 
 
 def test_python_m_fcn_entry_point():
-    out = subprocess.run([sys.executable, "-m", "fcn", "--version"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fcn", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert out.strip() == f"fcn {fcn.__version__}"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--arch", "fcn16s", "--staged", "--epochs", "1", "--quiet",
-                 "--out", str(out)] + TINY) == 0
+    assert (
+        main(
+            ["train", "--arch", "fcn16s", "--staged", "--epochs", "1", "--quiet", "--out", str(out)]
+            + TINY
+        )
+        == 0
+    )
     return out
 
 
@@ -57,6 +68,7 @@ def test_eval_prints_table_and_json(trained, capsys, tmp_path):
     assert set(s) == {"acc", "acc_cls", "mean_iu", "fwavacc", "iu"} and len(s["iu"]) == 5
     # same numbers as recorded by training for the same split
     import torch
+
     ck = torch.load(trained / "fcn16s" / "last.pt", weights_only=True)
     assert s["mean_iu"] == pytest.approx(ck["metrics"]["mean_iu"])
     assert s["acc"] == pytest.approx(ck["metrics"]["acc"])
@@ -84,22 +96,41 @@ def test_predict_writes_labels_and_overlays_and_refuses_overwrite(trained, tmp_p
     err = capsys.readouterr().err
     assert "exist already" in err and "--overwrite" in err
     assert os.stat(out / "a.png").st_mtime_ns == mtime
-    assert main(["predict", ck, str(src / "a.png"), "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert (
+        main(["predict", ck, str(src / "a.png"), "--out", str(out), "--overwrite", "--quiet"]) == 0
+    )
     assert (out / "a.png").read_bytes() == before  # same model, same input
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys, trained):
     assert main(["eval", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["train", "--data", str(tmp_path / "novoc"), "--out", str(tmp_path / "r"),
-                 "--quiet"]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "novoc"), "--out", str(tmp_path / "r"), "--quiet"])
+        == 2
+    )
     assert "data folder not found" in capsys.readouterr().err
-    assert main(["predict", str(trained / "fcn16s" / "last.pt"), str(tmp_path / "x.png"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(trained / "fcn16s" / "last.pt"),
+                str(tmp_path / "x.png"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "input not found" in capsys.readouterr().err
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"no image")
-    assert main(["predict", str(trained / "fcn16s" / "last.pt"), str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["predict", str(trained / "fcn16s" / "last.pt"), str(bad), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert "cannot read image" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["demo", "--steps", "0"])
@@ -112,10 +143,28 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, trained):
 
 def test_train_on_voc_folder_and_eval(tmp_path, capsys):
     from helpers import make_voc
+
     make_voc(tmp_path / "voc", {"train": ["a", "b"], "val": ["c"]}, size=(24, 28))
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "voc"), "--arch", "fcn32s", "--epochs", "1",
-                 "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "voc"),
+                "--arch",
+                "fcn32s",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(out / "fcn32s" / "last.pt")]) == 0
     text = capsys.readouterr().out
@@ -124,7 +173,10 @@ def test_train_on_voc_folder_and_eval(tmp_path, capsys):
 
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--steps", "2", "--timing-repeat", "1", "--out", str(out), "--quiet"] + TINY) == 0
+    assert (
+        main(["demo", "--steps", "2", "--timing-repeat", "1", "--out", str(out), "--quiet"] + TINY)
+        == 0
+    )
     text = capsys.readouterr().out
     for s in ("fcn32s", "fcn16s", "fcn8s", "mean IoU", "step fused", "-> OK"):
         assert s in text

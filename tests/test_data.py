@@ -1,11 +1,21 @@
 """fcn.data: the procedural set and the VOC-layout loader (on folders generated here)."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fcn.data import (DataError, Normalize, SyntheticSegmentation, VOCSegmentation, build_dataset,
-                      pad_collate, read_label, voc_palette, write_label)
+from fcn.data import (
+    DataError,
+    Normalize,
+    SyntheticSegmentation,
+    VOCSegmentation,
+    build_dataset,
+    pad_collate,
+    read_label,
+    voc_palette,
+    write_label,
+)
 from helpers import make_voc
 
 
@@ -34,8 +44,8 @@ def test_synthetic_content():
         assert lab.shape == (40, 56) and lab.dtype == np.uint8
         counts += np.bincount(lab.ravel(), minlength=256)
     assert set(np.flatnonzero(counts)) == {0, 1, 2, 3, 4, 255}
-    assert counts[0] > counts[1:5].sum()           # background dominates, as in VOC
-    assert 0 < counts[255] < 0.2 * counts.sum()    # a thin void band
+    assert counts[0] > counts[1:5].sum()  # background dominates, as in VOC
+    assert 0 < counts[255] < 0.2 * counts.sum()  # a thin void band
     x, y = d[0]
     assert x.shape == (3, 40, 56) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.shape == (40, 56)
@@ -72,7 +82,7 @@ def test_voc_palette_known_colours():
     assert tuple(pal[0]) == (0, 0, 0)
     assert tuple(pal[1]) == (128, 0, 0)
     assert tuple(pal[2]) == (0, 128, 0)
-    assert tuple(pal[15]) == (192, 128, 128)   # person
+    assert tuple(pal[15]) == (192, 128, 128)  # person
     assert tuple(pal[255]) == (224, 224, 192)  # void
 
 

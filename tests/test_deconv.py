@@ -1,4 +1,5 @@
 """fcn_kernels.conv_transpose2d_crop vs F.conv_transpose2d(...)[..., crop]."""
+
 import random
 
 import numpy as np
@@ -14,12 +15,22 @@ from helpers import HAS_CUDA, assert_close
 OPS = torch.ops.fcn_kernels
 
 
-def reference(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
-              offset=(0, 0), size=None):
+def reference(
+    x,
+    w,
+    b=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    offset=(0, 0),
+    size=None,
+):
     full = F.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
     oy, ox = offset
     h, w_ = size if size is not None else (full.shape[2] - oy, full.shape[3] - ox)
-    return full[..., oy:oy + h, ox:ox + w_]
+    return full[..., oy : oy + h, ox : ox + w_]
 
 
 def diagonal(w, groups=1):
@@ -37,6 +48,7 @@ def rand_weight(cin, cg, kh, kw, dtype=torch.float64, diag=False, groups=1, devi
 
 
 # ---- bilinear_kernel ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 16, 64])
 def test_bilinear_kernel_matches_numpy(k):
@@ -60,10 +72,21 @@ def test_bilinear_kernel_errors():
 
 
 def test_deconv_full_size_is_atens_output_size():
-    for n, k, s, p, d, op in [(5, 4, 2, 0, 1, 0), (7, 3, 3, 2, 2, 1), (1, 64, 32, 0, 1, 0),
-                              (4, 5, 1, 1, 3, 0), (3, 2, 4, 1, 1, 3)]:
-        y = F.conv_transpose2d(torch.zeros(1, 1, n, n), torch.zeros(1, 1, k, k), stride=s,
-                               padding=p, dilation=d, output_padding=op)
+    for n, k, s, p, d, op in [
+        (5, 4, 2, 0, 1, 0),
+        (7, 3, 3, 2, 2, 1),
+        (1, 64, 32, 0, 1, 0),
+        (4, 5, 1, 1, 3, 0),
+        (3, 2, 4, 1, 1, 3),
+    ]:
+        y = F.conv_transpose2d(
+            torch.zeros(1, 1, n, n),
+            torch.zeros(1, 1, k, k),
+            stride=s,
+            padding=p,
+            dilation=d,
+            output_padding=op,
+        )
         assert fk.deconv_full_size(n, k, s, p, d, op) == y.shape[-1]
     assert fk.deconv_full_size(5, 4, 2) == 12  # no padding, dilation 1, output_padding 0
 
@@ -85,14 +108,18 @@ def test_fcn_shapes(name, weight):
     hw, k, s, off, size = FCN[name]
     c = 5
     x = torch.randn(2, c, hw, hw + 1, dtype=torch.float64)
-    w = (fk.bilinear_kernel(c, k, dtype=torch.float64) if weight == "bilinear"
-         else rand_weight(c, c, k, k))
+    w = (
+        fk.bilinear_kernel(c, k, dtype=torch.float64)
+        if weight == "bilinear"
+        else rand_weight(c, c, k, k)
+    )
     b = torch.randn(c, dtype=torch.float64)
     out = fk.conv_transpose2d_crop(x, w, b, stride=s, offset=off, size=size)
     assert_close(out, reference(x, w, b, s, offset=off, size=size))
 
 
 # ---- random configurations, forward and backward -------------------------------------
+
 
 def random_configs(n, seed):
     rng = random.Random(seed)
@@ -113,10 +140,25 @@ def random_configs(n, seed):
         off = tuple(rng.randint(0, f - 1) for f in full)
         size = tuple(rng.randint(1, f - o) for f, o in zip(full, off))
         diag = cg == cin // groups and rng.random() < 0.4
-        out.append(dict(groups=groups, cin=cin, cg=cg, k=k, stride=s, dilation=d, padding=p,
-                        output_padding=op, hw=hw, offset=off, size=size, diag=diag,
-                        batch=rng.randint(1, 2), bias=rng.random() < 0.5,
-                        cl=rng.random() < 0.3))
+        out.append(
+            dict(
+                groups=groups,
+                cin=cin,
+                cg=cg,
+                k=k,
+                stride=s,
+                dilation=d,
+                padding=p,
+                output_padding=op,
+                hw=hw,
+                offset=off,
+                size=size,
+                diag=diag,
+                batch=rng.randint(1, 2),
+                bias=rng.random() < 0.5,
+                cl=rng.random() < 0.3,
+            )
+        )
     return out
 
 
@@ -128,22 +170,35 @@ def test_random_configs_forward_backward(cfg):
         x = x.to(memory_format=torch.channels_last)
     w = rand_weight(cfg["cin"], cfg["cg"], *cfg["k"], diag=cfg["diag"], groups=g)
     b = torch.randn(cfg["cg"] * g, dtype=torch.float64) if cfg["bias"] else None
-    kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"],
-              groups=g, dilation=cfg["dilation"], offset=cfg["offset"], size=cfg["size"])
+    kw = dict(
+        stride=cfg["stride"],
+        padding=cfg["padding"],
+        output_padding=cfg["output_padding"],
+        groups=g,
+        dilation=cfg["dilation"],
+        offset=cfg["offset"],
+        size=cfg["size"],
+    )
     leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
     ref_leaves = [t.clone().requires_grad_() for t in leaves]
     out = fk.conv_transpose2d_crop(leaves[0], leaves[1], leaves[2] if b is not None else None, **kw)
     ref = reference(ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, **kw)
     assert out.shape == ref.shape
     assert_close(out, ref)
-    assert out.is_contiguous(memory_format=torch.channels_last if cfg["cl"] and not x.is_contiguous()
-                             else torch.contiguous_format)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last
+        if cfg["cl"] and not x.is_contiguous()
+        else torch.contiguous_format
+    )
     grad = torch.randn_like(ref)
-    for a, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, ref_leaves, grad)):
+    for a, r in zip(
+        torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, ref_leaves, grad)
+    ):
         assert_close(a, r)
 
 
 # ---- dtypes, devices, layouts --------------------------------------------------------
+
 
 @pytest.mark.parametrize("diag", [True, False], ids=["diagonal", "general"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
@@ -176,29 +231,32 @@ def test_dtypes_devices(device, dtype, diag, layout):
     assert_close(gb, gref[2], dtype, **scale)
 
 
-TOL_SCALE = {torch.float64: 1e-11, torch.float32: 5e-5, torch.float16: 1e-2,
-             torch.bfloat16: 6e-2}
+TOL_SCALE = {torch.float64: 1e-11, torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
 def test_noncontiguous_operands():
     x = torch.randn(2, 6, 5, 9, dtype=torch.float64)[:, ::2, :, 1::2]  # strided view
     w = rand_weight(6, 3, 3, 3)[::2]
-    g = torch.randn(2, 3, 7, 8, dtype=torch.float64).transpose(2, 3)   # (2, 3, 8, 7) view
+    g = torch.randn(2, 3, 7, 8, dtype=torch.float64).transpose(2, 3)  # (2, 3, 8, 7) view
     kw = dict(stride=2, offset=(1, 1), size=(8, 7))
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     out = fk.conv_transpose2d_crop(xr, wr, **kw)
     ref_x, ref_w = x.clone().requires_grad_(), w.clone().requires_grad_()
     ref = reference(ref_x, ref_w, **kw)
     assert_close(out, ref)
-    for a, r in zip(torch.autograd.grad(out, (xr, wr), g), torch.autograd.grad(ref, (ref_x, ref_w), g)):
+    for a, r in zip(
+        torch.autograd.grad(out, (xr, wr), g), torch.autograd.grad(ref, (ref_x, ref_w), g)
+    ):
         assert_close(a, r)
 
 
 def test_size_none_and_empty_batch():
     w = fk.bilinear_kernel(3, 4, dtype=torch.float64)
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
-    assert_close(fk.conv_transpose2d_crop(x, w, stride=2, offset=(3, 1)),
-                 reference(x, w, stride=2, offset=(3, 1)))
+    assert_close(
+        fk.conv_transpose2d_crop(x, w, stride=2, offset=(3, 1)),
+        reference(x, w, stride=2, offset=(3, 1)),
+    )
     for weight in (w, rand_weight(3, 2, 4, 4)):
         x0 = torch.randn(0, 3, 5, 5, dtype=torch.float64, requires_grad=True)
         w0 = weight.clone().requires_grad_()
@@ -223,14 +281,16 @@ def test_nearly_diagonal_weight_takes_exact_general_path():
 
 # ---- autograd ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("diag", [True, False])
 def test_gradcheck_and_gradgradcheck(diag):
     torch.manual_seed(0)
     x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
     w = rand_weight(2, 2, 3, 2, diag=diag).requires_grad_()
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    f = lambda x, w, b: fk.conv_transpose2d_crop(x, w, b, stride=(2, 1), padding=(0, 1),
-                                                 dilation=(1, 2), offset=(1, 0), size=(5, 4))
+    f = lambda x, w, b: fk.conv_transpose2d_crop(
+        x, w, b, stride=(2, 1), padding=(0, 1), dilation=(1, 2), offset=(1, 0), size=(5, 4)
+    )
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
@@ -239,7 +299,9 @@ def test_gradcheck_groups_channels_last():
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
     x.requires_grad_()
     w = rand_weight(4, 3, 2, 3).requires_grad_()
-    f = lambda x, w: fk.conv_transpose2d_crop(x, w, stride=2, groups=2, output_padding=1, offset=(2, 1))
+    f = lambda x, w: fk.conv_transpose2d_crop(
+        x, w, stride=2, groups=2, output_padding=1, offset=(2, 1)
+    )
     assert torch.autograd.gradcheck(f, (x, w))
 
 
@@ -282,6 +344,7 @@ def test_backward_deterministic(device, diag):
 
 # ---- opcheck / compile -----------------------------------------------------------------
 
+
 def test_opcheck():
     torch.manual_seed(0)
     x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -297,10 +360,14 @@ def test_opcheck():
     for args in samples:
         torch.library.opcheck(OPS.conv_transpose2d_crop, args)
     g = torch.randn(2, 2, 5, 4, dtype=torch.float64)
-    torch.library.opcheck(OPS.conv_transpose2d_crop_backward_input,
-                          (g, w.detach(), [2, 2, 3, 4], [2, 1], [0, 1], 1, [1, 1], [1, 0]))
-    torch.library.opcheck(OPS.conv_transpose2d_crop_backward_weight,
-                          (g, x.detach(), [2, 2, 3, 3], [2, 1], [0, 1], 1, [1, 1], [1, 0]))
+    torch.library.opcheck(
+        OPS.conv_transpose2d_crop_backward_input,
+        (g, w.detach(), [2, 2, 3, 4], [2, 1], [0, 1], 1, [1, 1], [1, 0]),
+    )
+    torch.library.opcheck(
+        OPS.conv_transpose2d_crop_backward_weight,
+        (g, x.detach(), [2, 2, 3, 3], [2, 1], [0, 1], 1, [1, 1], [1, 0]),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -330,12 +397,15 @@ def test_torch_export():
 
 # ---- module ----------------------------------------------------------------------------
 
+
 def test_module_loads_plain_state_dict_and_matches():
     torch.manual_seed(0)
-    plain = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2,
-                                     dilation=2)
-    ours = ConvTranspose2dCrop(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2,
-                               dilation=2, offset=(2, 3))
+    plain = torch.nn.ConvTranspose2d(
+        4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2
+    )
+    ours = ConvTranspose2dCrop(
+        4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2, offset=(2, 3)
+    )
     ours.load_state_dict(plain.state_dict(), strict=True)
     assert isinstance(ours, torch.nn.ConvTranspose2d)
     x = torch.randn(2, 4, 5, 6)
@@ -349,11 +419,14 @@ def test_module_bilinear_helper():
     assert not m.weight.requires_grad and m.bias is None
     assert torch.equal(m.weight, fk.bilinear_kernel(3, 16))
     x = torch.randn(1, 3, 12, 12)
-    assert_close(m(x, size=(40, 50)), reference(x, m.weight, stride=8, offset=(31, 31), size=(40, 50)))
+    assert_close(
+        m(x, size=(40, 50)), reference(x, m.weight, stride=8, offset=(31, 31), size=(40, 50))
+    )
     assert ConvTranspose2dCrop.bilinear(3, 4, 2, freeze=False).weight.requires_grad
 
 
 # ---- errors ----------------------------------------------------------------------------
+
 
 def test_errors():
     x = torch.randn(1, 4, 5, 5)
@@ -417,36 +490,71 @@ def test_direct_op_errors_are_checked_in_cpp():
     w = torch.randn(4, 2, 3, 3)
     args = ([1, 1], [0, 0], [0, 0], 1, [1, 1], [0, 0], [3, 3])
     cases = [  # (direct call, wrapper call, exception, message)
-        (lambda: OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 1, [1, 1], [6, 0], [3, 3]),
-         lambda: fk.conv_transpose2d_crop(x, w, offset=(6, 0), size=(3, 3)), ValueError, "crop window"),
-        (lambda: OPS.conv_transpose2d_crop(x, w, None, [1, 1], [0, 0], [0, 0], 3, [1, 1], [0, 0], [3, 3]),
-         lambda: fk.conv_transpose2d_crop(x, w, groups=3, size=(3, 3)), ValueError, "divisible by groups"),
-        (lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(3), *args),
-         lambda: fk.conv_transpose2d_crop(x, w, torch.randn(3), size=(3, 3)), ValueError,
-         r"bias must have shape \(2,\)"),
-        (lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), *args),
-         lambda: fk.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), size=(3, 3)),
-         TypeError, "bias must have the input's dtype"),
-        (lambda: OPS.conv_transpose2d_crop(x, w.double(), None, *args),
-         lambda: fk.conv_transpose2d_crop(x, w.double(), size=(3, 3)), TypeError,
-         "weight must have the input's dtype"),
-        (lambda: OPS.conv_transpose2d_crop(x, w, None, [2, 2], [0, 0], [2, 0], 1, [1, 1], [0, 0], [3, 3]),
-         lambda: fk.conv_transpose2d_crop(x, w, stride=2, output_padding=(2, 0), size=(3, 3)),
-         ValueError, "output_padding must be smaller"),
-        (lambda: OPS.conv_transpose2d_crop(x, w, None, [0, 1], [0, 0], [0, 0], 1, [1, 1], [0, 0], [3, 3]),
-         lambda: fk.conv_transpose2d_crop(x, w, stride=(0, 1), size=(3, 3)), ValueError,
-         "stride must be positive"),
+        (
+            lambda: OPS.conv_transpose2d_crop(
+                x, w, None, [1, 1], [0, 0], [0, 0], 1, [1, 1], [6, 0], [3, 3]
+            ),
+            lambda: fk.conv_transpose2d_crop(x, w, offset=(6, 0), size=(3, 3)),
+            ValueError,
+            "crop window",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(
+                x, w, None, [1, 1], [0, 0], [0, 0], 3, [1, 1], [0, 0], [3, 3]
+            ),
+            lambda: fk.conv_transpose2d_crop(x, w, groups=3, size=(3, 3)),
+            ValueError,
+            "divisible by groups",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(3), *args),
+            lambda: fk.conv_transpose2d_crop(x, w, torch.randn(3), size=(3, 3)),
+            ValueError,
+            r"bias must have shape \(2,\)",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(x, w, torch.randn(2, dtype=torch.float64), *args),
+            lambda: fk.conv_transpose2d_crop(
+                x, w, torch.randn(2, dtype=torch.float64), size=(3, 3)
+            ),
+            TypeError,
+            "bias must have the input's dtype",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(x, w.double(), None, *args),
+            lambda: fk.conv_transpose2d_crop(x, w.double(), size=(3, 3)),
+            TypeError,
+            "weight must have the input's dtype",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(
+                x, w, None, [2, 2], [0, 0], [2, 0], 1, [1, 1], [0, 0], [3, 3]
+            ),
+            lambda: fk.conv_transpose2d_crop(x, w, stride=2, output_padding=(2, 0), size=(3, 3)),
+            ValueError,
+            "output_padding must be smaller",
+        ),
+        (
+            lambda: OPS.conv_transpose2d_crop(
+                x, w, None, [0, 1], [0, 0], [0, 0], 1, [1, 1], [0, 0], [3, 3]
+            ),
+            lambda: fk.conv_transpose2d_crop(x, w, stride=(0, 1), size=(3, 3)),
+            ValueError,
+            "stride must be positive",
+        ),
     ]
     for direct, wrapped, exc, match in cases:
         for call in (direct, wrapped):
             with pytest.raises(exc, match=match):
                 call()
     with pytest.raises(ValueError, match="grad_output"):
-        OPS.conv_transpose2d_crop_backward_input(torch.randn(1, 3, 3, 3), w, [1, 4, 5, 5],
-                                                 [1, 1], [0, 0], 1, [1, 1], [0, 0])
+        OPS.conv_transpose2d_crop_backward_input(
+            torch.randn(1, 3, 3, 3), w, [1, 4, 5, 5], [1, 1], [0, 0], 1, [1, 1], [0, 0]
+        )
     with pytest.raises(ValueError, match="stride"):
-        OPS.conv_transpose2d_crop_backward_weight(torch.randn(1, 2, 3, 3), x, [4, 2, 3, 3],
-                                                  [0, 1], [0, 0], 1, [1, 1], [0, 0])
+        OPS.conv_transpose2d_crop_backward_weight(
+            torch.randn(1, 2, 3, 3), x, [4, 2, 3, 3], [0, 1], [0, 0], 1, [1, 1], [0, 0]
+        )
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
@@ -455,8 +563,15 @@ def test_cuda_matches_cpu_random():
         g = cfg["groups"]
         x = torch.randn(cfg["batch"], cfg["cin"], *cfg["hw"], dtype=torch.float64)
         w = rand_weight(cfg["cin"], cfg["cg"], *cfg["k"], diag=cfg["diag"], groups=g)
-        kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"],
-                  groups=g, dilation=cfg["dilation"], offset=cfg["offset"], size=cfg["size"])
+        kw = dict(
+            stride=cfg["stride"],
+            padding=cfg["padding"],
+            output_padding=cfg["output_padding"],
+            groups=g,
+            dilation=cfg["dilation"],
+            offset=cfg["offset"],
+            size=cfg["size"],
+        )
         xs = [x.clone().requires_grad_(), x.cuda().requires_grad_()]
         ws = [w.clone().requires_grad_(), w.cuda().requires_grad_()]
         outs = [fk.conv_transpose2d_crop(a, b, **kw) for a, b in zip(xs, ws)]
@@ -469,6 +584,7 @@ def test_cuda_matches_cpu_random():
 
 
 # ---- one filter on the whole channel diagonal (FCN's bilinear weight) -------------------
+
 
 def _rank1_weight(channels, kh, kw, groups=1, seed=0, rank1=True):
     """The same filter on every diagonal channel: u v^T with small integers over a power
@@ -485,14 +601,17 @@ def _rank1_weight(channels, kh, kw, groups=1, seed=0, rank1=True):
     return w
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(stride=2, k=(4, 4)),                                   # upscore2
-    dict(stride=8, k=(16, 16), offset=(5, 3), size=(40, 37)),   # upscore8-like crop
-    dict(stride=32, k=(64, 64), offset=(19, 19), size=(40, 45)),
-    dict(stride=(3, 2), k=(5, 3), padding=(1, 2), dilation=(1, 2), offset=(1, 0)),
-    dict(stride=2, k=(3, 4), groups=2, output_padding=1),
-    dict(stride=1, k=(1, 1)),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(stride=2, k=(4, 4)),  # upscore2
+        dict(stride=8, k=(16, 16), offset=(5, 3), size=(40, 37)),  # upscore8-like crop
+        dict(stride=32, k=(64, 64), offset=(19, 19), size=(40, 45)),
+        dict(stride=(3, 2), k=(5, 3), padding=(1, 2), dilation=(1, 2), offset=(1, 0)),
+        dict(stride=2, k=(3, 4), groups=2, output_padding=1),
+        dict(stride=1, k=(1, 1)),
+    ],
+)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("rank1", [True, False], ids=["rank1", "any_rank"])
 def test_uniform_diagonal_filter(cfg, layout, rank1):
@@ -518,9 +637,9 @@ def test_filters_that_are_not_uniform_rank1(change):
     w = _rank1_weight(3, 4, 4)
     b = None
     if change == "not_rank1":
-        w[:, :, 2, 2] *= 1 + 1e-6      # far above the 4-ulp tolerance in float64
+        w[:, :, 2, 2] *= 1 + 1e-6  # far above the 4-ulp tolerance in float64
     elif change == "not_uniform":
-        w[2, 2] *= 2                   # rank-1 but a different filter on one channel
+        w[2, 2] *= 2  # rank-1 but a different filter on one channel
     elif change == "nan":
         w[0, 0, 1, 1] = float("nan")
     else:

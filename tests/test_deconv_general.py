@@ -2,6 +2,7 @@
 tests in test_deconv.py / test_fuzz.py do not reach: the phase-decomposition path splits
 its GEMMs into chunks of about 2 MiB of buffers, so only larger problems run several
 chunks per thread, several weight-gradient slices and chunks that start mid-image."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,21 @@ from helpers import assert_close
 CASES = {
     # FCN upscore8 geometry with 8 channels: 8 chunks in float64 (4 in float32), the
     # crop cutting through blocks on every side.
-    "upscore8": (2, 8, 8, 1, 40, 40, (16, 16), (8, 8), (0, 0), (1, 1), (0, 0), (31, 29),
-                 (290, 280)),
+    "upscore8": (
+        2,
+        8,
+        8,
+        1,
+        40,
+        40,
+        (16, 16),
+        (8, 8),
+        (0, 0),
+        (1, 1),
+        (0, 0),
+        (31, 29),
+        (290, 280),
+    ),
     # groups, dilation, padding, output_padding, kernels not multiples of the stride;
     # two chunks, the second starting mid-image.
     "exotic": (5, 4, 3, 2, 40, 30, (5, 7), (3, 4), (2, 3), (1, 2), (1, 2), (4, 5), None),
@@ -31,21 +45,27 @@ def run(case, dtype, layout, bias=True, seed=0):
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "noncontig":
         x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    wt = (torch.randn(cin, cg, *k, generator=gen, dtype=torch.float64) / (cin * k[0] * k[1]) ** 0.5).to(dtype)
+    wt = (
+        torch.randn(cin, cg, *k, generator=gen, dtype=torch.float64) / (cin * k[0] * k[1]) ** 0.5
+    ).to(dtype)
     b = torch.randn(cg * groups, generator=gen, dtype=torch.float64).to(dtype) if bias else None
     kw = dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
     leaves = [t.clone().requires_grad_() for t in (x, wt) + ((b,) if bias else ())]
-    out = fk.conv_transpose2d_crop(*leaves[:2], leaves[2] if bias else None, offset=off, size=size, **kw)
+    out = fk.conv_transpose2d_crop(
+        *leaves[:2], leaves[2] if bias else None, offset=off, size=size, **kw
+    )
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
     grads = torch.autograd.grad(out, leaves, g)
     return out, grads, (x, wt, b, g, kw, off)
 
 
 def reference(x, wt, b, g, kw, off, size_like):
-    leaves = [t.detach().double().requires_grad_() for t in (x, wt) + ((b,) if b is not None else ())]
+    leaves = [
+        t.detach().double().requires_grad_() for t in (x, wt) + ((b,) if b is not None else ())
+    ]
     full = F.conv_transpose2d(leaves[0], leaves[1], leaves[2] if b is not None else None, **kw)
     oy, ox = off
-    ref = full[..., oy:oy + size_like.shape[2], ox:ox + size_like.shape[3]]
+    ref = full[..., oy : oy + size_like.shape[2], ox : ox + size_like.shape[3]]
     return ref, torch.autograd.grad(ref, leaves, g.double())
 
 
@@ -55,8 +75,9 @@ def test_large_matches_aten(name, layout):
     out, grads, (x, wt, b, g, kw, off) = run(CASES[name], torch.float64, layout)
     ref, ref_grads = reference(x, wt, b, g, kw, off, out)
     assert out.shape == ref.shape
-    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
-                             else torch.contiguous_format)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
     assert_close(out, ref)
     for a, r in zip(grads, ref_grads):
         assert_close(a, r, atol=1e-10, rtol=1e-10)

@@ -5,6 +5,7 @@ Paths (chosen from shapes only): square channel blocks with few multiply-adds pe
 output take the gather kernels, which read a device flag saying whether the weight is
 channel-diagonal; everything else takes ATen's convolution arranged to compute just
 the crop."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,26 +31,41 @@ def gdev(request):
 def reference(x, w, b, kw, offset, size):
     full = F.conv_transpose2d(x, w, b, **kw)
     (oy, ox), (h, wd) = offset, size
-    return full[..., oy:oy + h, ox:ox + wd]
+    return full[..., oy : oy + h, ox : ox + wd]
 
 
 def full_size(hw, k, kw):
     s, p, d, op = (kw.get(n, 0) for n in ("stride", "padding", "dilation", "output_padding"))
     s, d = s or 1, d or 1
     pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
-    return [(i - 1) * ss - 2 * pp + dd * (kk - 1) + oo + 1 for i, kk, ss, pp, dd, oo in
-            zip(hw, k, pair(s), pair(p), pair(d), pair(op))]
+    return [
+        (i - 1) * ss - 2 * pp + dd * (kk - 1) + oo + 1
+        for i, kk, ss, pp, dd, oo in zip(hw, k, pair(s), pair(p), pair(d), pair(op))
+    ]
 
 
-def check(device, x, w, b=None, offset=(0, 0), size=None, dtype=torch.float64, layout="nchw",
-          grad="random", scale=1.0, **kw):
+def check(
+    device,
+    x,
+    w,
+    b=None,
+    offset=(0, 0),
+    size=None,
+    dtype=torch.float64,
+    layout="nchw",
+    grad="random",
+    scale=1.0,
+    **kw,
+):
     """Forward and both gradients (and the bias's) at `dtype` on `device` against a
     float64 reference on the same rounded values."""
     if size is None:
         size = tuple(f - o for f, o in zip(full_size(x.shape[2:], w.shape[2:], kw), offset))
     x, w = x.to(dtype), w.to(dtype)
     b = b.to(dtype) if b is not None else None
-    leaves = [t.detach().double().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    leaves = [
+        t.detach().double().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())
+    ]
     ref = reference(leaves[0], leaves[1], leaves[2] if b is not None else None, kw, offset, size)
     xi = x.to(device)
     if layout == "channels_last":
@@ -57,12 +73,16 @@ def check(device, x, w, b=None, offset=(0, 0), size=None, dtype=torch.float64, l
     elif layout == "noncontig":
         xi = xi.transpose(2, 3).contiguous().transpose(2, 3)
     ins = [xi.requires_grad_(), w.to(device).requires_grad_()] + (
-        [b.to(device).requires_grad_()] if b is not None else [])
-    out = fk.conv_transpose2d_crop(ins[0], ins[1], ins[2] if b is not None else None,
-                                   offset=offset, size=size, **kw)
+        [b.to(device).requires_grad_()] if b is not None else []
+    )
+    out = fk.conv_transpose2d_crop(
+        ins[0], ins[1], ins[2] if b is not None else None, offset=offset, size=size, **kw
+    )
     assert out.shape == ref.shape and out.dtype == dtype
     want_cl = layout == "channels_last" and not xi.is_contiguous()
-    assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if want_cl else torch.contiguous_format
+    )
     tol = {k: v * scale for k, v in TOL[dtype].items()}
     assert_close(out, ref, dtype, **tol)
     if grad == "random":
@@ -92,8 +112,10 @@ def square_weight(c, k, groups=1, diag=True):
 
 # ---- FCN's bilinear upsampling: the channel-diagonal gather --------------------------
 
-@pytest.mark.parametrize("k,s,hw", [(4, 2, (19, 18)), (16, 8, (6, 7)), (64, 32, (3, 4))],
-                         ids=["k4s2", "k16s8", "k64s32"])
+
+@pytest.mark.parametrize(
+    "k,s,hw", [(4, 2, (19, 18)), (16, 8, (6, 7)), (64, 32, (3, 4))], ids=["k4s2", "k16s8", "k64s32"]
+)
 @pytest.mark.parametrize("off", [5, 9, 27, 31])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fcn_bilinear(gdev, k, s, hw, off, dtype):
@@ -104,33 +126,70 @@ def test_fcn_bilinear(gdev, k, s, hw, off, dtype):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str
+)
 def test_diagonal_groups_dilation_bias(gdev, layout, dtype):
     w = square_weight(6, (3, 5), groups=2)
-    check(gdev, rand(2, 6, 5, 7), w, rand(6), offset=(2, 1), size=(9, 15), dtype=dtype,
-          layout=layout, stride=(2, 3), padding=(1, 2), dilation=(2, 1), groups=2,
-          output_padding=(1, 0))
+    check(
+        gdev,
+        rand(2, 6, 5, 7),
+        w,
+        rand(6),
+        offset=(2, 1),
+        size=(9, 15),
+        dtype=dtype,
+        layout=layout,
+        stride=(2, 3),
+        padding=(1, 2),
+        dilation=(2, 1),
+        groups=2,
+        output_padding=(1, 0),
+    )
 
 
 def test_depthwise(gdev):
-    check(gdev, rand(2, 4, 6, 5), rand(4, 1, 5, 3), rand(4), offset=(3, 0), stride=(3, 2),
-          dilation=(1, 2), groups=4, padding=(1, 0))
+    check(
+        gdev,
+        rand(2, 4, 6, 5),
+        rand(4, 1, 5, 3),
+        rand(4),
+        offset=(3, 0),
+        stride=(3, 2),
+        dilation=(1, 2),
+        groups=4,
+        padding=(1, 0),
+    )
 
 
 # ---- square blocks whose weight is not diagonal: the flag's dense loop --------------
 
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_square_but_dense(gdev, layout):
-    check(gdev, rand(2, 6, 7, 5), square_weight(6, (4, 4), groups=2, diag=False), rand(6),
-          offset=(1, 3), size=(12, 7), layout=layout, stride=2, groups=2)
+    check(
+        gdev,
+        rand(2, 6, 7, 5),
+        square_weight(6, (4, 4), groups=2, diag=False),
+        rand(6),
+        offset=(1, 3),
+        size=(12, 7),
+        layout=layout,
+        stride=2,
+        groups=2,
+    )
 
 
 @pytest.mark.parametrize("where", ["first", "last", "last_group", "below"])
 def test_one_entry_off_the_diagonal(gdev, where):
     """The flag kernel must see an off-diagonal entry wherever it is."""
     w = square_weight(6, (4, 3), groups=2)
-    pos = {"first": (0, 1, 0, 0), "last": (5, 1, 3, 2), "last_group": (4, 2, 1, 1),
-           "below": (2, 0, 2, 0)}[where]
+    pos = {
+        "first": (0, 1, 0, 0),
+        "last": (5, 1, 3, 2),
+        "last_group": (4, 2, 1, 1),
+        "below": (2, 0, 2, 0),
+    }[where]
     w[pos] = 0.75
     check(gdev, rand(1, 6, 5, 6), w, offset=(1, 2), size=(8, 9), stride=2, groups=2)
 
@@ -143,7 +202,9 @@ def test_non_finite_off_the_diagonal(gdev, value):
     with torch.no_grad():
         out = fk.conv_transpose2d_crop(x.to(gdev), w.to(gdev), stride=2, offset=1, size=(7, 7))
     ref = reference(x, w, None, dict(stride=2), (1, 1), (7, 7))
-    assert torch.equal(out.cpu().isnan(), ref.isnan()) and torch.equal(out.cpu().isinf(), ref.isinf())
+    assert torch.equal(out.cpu().isnan(), ref.isnan()) and torch.equal(
+        out.cpu().isinf(), ref.isinf()
+    )
     assert out.cpu().isnan().any() or out.cpu().isinf().any()
     assert_close(out.nan_to_num(), ref.nan_to_num())
 
@@ -161,14 +222,24 @@ def test_tiny_off_diagonal_entry_is_kept(gdev):
 DENSE = {
     "nonsquare": dict(cin=4, cout_g=3, groups=1, k=(4, 4), kw=dict(stride=2)),
     "groups": dict(cin=6, cout_g=1, groups=2, k=(3, 5), kw=dict(stride=(2, 3), padding=(1, 2))),
-    "dilation_op": dict(cin=3, cout_g=2, groups=1, k=(3, 2),
-                        kw=dict(stride=(2, 1), dilation=(2, 3), output_padding=(1, 2))),
+    "dilation_op": dict(
+        cin=3,
+        cout_g=2,
+        groups=1,
+        k=(3, 2),
+        kw=dict(stride=(2, 1), dilation=(2, 3), output_padding=(1, 2)),
+    ),
     "square_many_macs": dict(cin=16, cout_g=16, groups=1, k=(3, 3), kw=dict(stride=1)),
 }
 # Crops touching each edge of the full map, or none, or cutting into the output_padding.
-CROPS = {"all": ((0, 0), None), "top_left": ((0, 0), (5, 4)), "bottom_right": ("end", (5, 4)),
-         "inner": ((2, 3), (5, 4)), "top_right": ((0, "end"), (6, 3)),
-         "bottom_left": (("end", 0), (3, 6))}
+CROPS = {
+    "all": ((0, 0), None),
+    "top_left": ((0, 0), (5, 4)),
+    "bottom_right": ("end", (5, 4)),
+    "inner": ((2, 3), (5, 4)),
+    "top_right": ((0, "end"), (6, 3)),
+    "bottom_left": (("end", 0), (3, 6)),
+}
 
 
 def resolve_crop(crop, full):
@@ -194,32 +265,63 @@ def test_dense_path(gdev, name, crop):
 @pytest.mark.parametrize("layout", ["channels_last", "noncontig"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_dense_path_layouts_dtypes(gdev, layout, dtype):
-    check(gdev, rand(2, 4, 5, 6), rand(4, 3, 4, 4) / 4, rand(3), offset=(3, 1), size=(7, 9),
-          dtype=dtype, layout=layout, stride=2, scale=2)
+    check(
+        gdev,
+        rand(2, 4, 5, 6),
+        rand(4, 3, 4, 4) / 4,
+        rand(3),
+        offset=(3, 1),
+        size=(7, 9),
+        dtype=dtype,
+        layout=layout,
+        stride=2,
+        scale=2,
+    )
 
 
 # ---- crops at every edge of the gather paths ----------------------------------------
+
 
 @pytest.mark.parametrize("crop", list(CROPS))
 @pytest.mark.parametrize("diag", [True, False], ids=["diagonal", "square_dense"])
 def test_gather_crops(gdev, crop, diag):
     kw = dict(stride=(2, 3), padding=(1, 0), dilation=(1, 2), output_padding=(1, 0))
     off, size = resolve_crop(CROPS[crop], full_size((5, 6), (4, 3), kw))
-    check(gdev, rand(2, 4, 5, 6), square_weight(4, (4, 3), diag=diag), rand(4), offset=off,
-          size=size, **kw)
+    check(
+        gdev,
+        rand(2, 4, 5, 6),
+        square_weight(4, (4, 3), diag=diag),
+        rand(4),
+        offset=off,
+        size=size,
+        **kw,
+    )
 
 
 # ---- index types, empty and degenerate shapes, gradient layouts ---------------------
 
+
 @pytest.mark.parametrize("case", ["diagonal", "square_dense", "depthwise"])
 def test_int64_index_kernels(gdev, case):
     """The int64 variants of every gather kernel (forced on small tensors)."""
-    w = {"diagonal": square_weight(4, (4, 4)), "square_dense": square_weight(4, (4, 4), diag=False),
-         "depthwise": rand(4, 1, 4, 4)}[case]
+    w = {
+        "diagonal": square_weight(4, (4, 4)),
+        "square_dense": square_weight(4, (4, 4), diag=False),
+        "depthwise": rand(4, 1, 4, 4),
+    }[case]
     groups = 4 if case == "depthwise" else 1
     with index32_limit(16):
-        check(gdev, rand(2, 4, 5, 6), w, rand(4), offset=(3, 2), size=(7, 8), stride=2,
-              groups=groups, layout="channels_last")
+        check(
+            gdev,
+            rand(2, 4, 5, 6),
+            w,
+            rand(4),
+            offset=(3, 2),
+            size=(7, 8),
+            stride=2,
+            groups=groups,
+            layout="channels_last",
+        )
         check(gdev, rand(1, 4, 5, 6), w, offset=(0, 1), stride=2, groups=groups)
 
 
@@ -248,28 +350,41 @@ def test_empty_batch_and_no_input_channels(gdev):
     # of 0 blocks).
     x0 = rand(2, 0, 4, 4).to(gdev)
     b = rand(3).to(gdev)
-    out = OPS.conv_transpose2d_crop(x0, rand(0, 3, 3, 3).to(gdev), b, [2, 2], [0, 0], [0, 0], 1,
-                                    [1, 1], [1, 0], [5, 6])
+    out = OPS.conv_transpose2d_crop(
+        x0, rand(0, 3, 3, 3).to(gdev), b, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 0], [5, 6]
+    )
     assert torch.equal(out.cpu(), b.cpu().view(1, 3, 1, 1).expand(2, 3, 5, 6))
-    gw = OPS.conv_transpose2d_crop_backward_weight(rand(2, 3, 5, 6).to(gdev), x0, [0, 3, 3, 3],
-                                                   [2, 2], [0, 0], 1, [1, 1], [1, 0])
+    gw = OPS.conv_transpose2d_crop_backward_weight(
+        rand(2, 3, 5, 6).to(gdev), x0, [0, 3, 3, 3], [2, 2], [0, 0], 1, [1, 1], [1, 0]
+    )
     assert gw.shape == (0, 3, 3, 3)
 
 
 @pytest.mark.parametrize("weight", ["diagonal", "square_dense", "dense"])
 def test_expanded_gradient(gdev, weight):
     """y.sum() backward hands the op a stride-0 gradient: read through its strides."""
-    w = {"diagonal": fk.bilinear_kernel(3, 4, dtype=torch.float64),
-         "square_dense": square_weight(3, (4, 4), diag=False), "dense": rand(3, 2, 4, 4)}[weight]
+    w = {
+        "diagonal": fk.bilinear_kernel(3, 4, dtype=torch.float64),
+        "square_dense": square_weight(3, (4, 4), diag=False),
+        "dense": rand(3, 2, 4, 4),
+    }[weight]
     check(gdev, rand(2, 3, 5, 6), w, offset=(2, 1), size=(8, 9), stride=2, grad="sum")
     g = torch.ones((), dtype=torch.float64).expand(2, w.shape[1], 8, 9).to(gdev)
-    gx = OPS.conv_transpose2d_crop_backward_input(g, w.to(gdev), [2, 3, 5, 6], [2, 2], [0, 0], 1,
-                                                  [1, 1], [2, 1])
-    ref = OPS.conv_transpose2d_crop_backward_input(g.cpu().contiguous(), w, [2, 3, 5, 6], [2, 2],
-                                                   [0, 0], 1, [1, 1], [2, 1]) if gdev == "cuda" else None
+    gx = OPS.conv_transpose2d_crop_backward_input(
+        g, w.to(gdev), [2, 3, 5, 6], [2, 2], [0, 0], 1, [1, 1], [2, 1]
+    )
+    ref = (
+        OPS.conv_transpose2d_crop_backward_input(
+            g.cpu().contiguous(), w, [2, 3, 5, 6], [2, 2], [0, 0], 1, [1, 1], [2, 1]
+        )
+        if gdev == "cuda"
+        else None
+    )
     if ref is None:  # emulated: compare with ATen directly
         xr = torch.zeros(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
-        ref = torch.autograd.grad(reference(xr, w, None, dict(stride=2), (2, 1), (8, 9)).sum(), xr)[0]
+        ref = torch.autograd.grad(reference(xr, w, None, dict(stride=2), (2, 1), (8, 9)).sum(), xr)[
+            0
+        ]
     assert_close(gx, ref)
 
 
@@ -288,8 +403,37 @@ def test_deterministic_bits(gdev):
     runs = []
     for _ in range(2):
         torch.manual_seed(1)
-        runs.append(check(gdev, x, w, offset=(2, 2), size=(14, 12), stride=2, groups=2,
-                          dtype=torch.float32))
+        runs.append(
+            check(gdev, x, w, offset=(2, 2), size=(14, 12), stride=2, groups=2, dtype=torch.float32)
+        )
     assert torch.equal(runs[0][0], runs[1][0])
     for a, b in zip(runs[0][1], runs[1][1]):
         assert torch.equal(a, b)
+
+
+def test_cached_diagonal_check_follows_the_weight(gdev):
+    # The GPU host code keeps the diagonal check of a weight it has seen (FCN's frozen
+    # upsampling weights). Every change must be seen: an in-place write (version bump),
+    # a new tensor at the same values, `.data` replaced, another dtype.
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=gdev)
+    w = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev)
+    kw = dict(stride=2, offset=(1, 1), size=(9, 8))
+
+    def ref(weight):
+        return reference(x, weight.double(), None, dict(stride=2), (1, 1), (9, 8))
+
+    for _ in range(2):  # second call: a cache hit
+        assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
+    with torch.no_grad():
+        w[0, 2, 1, 1] = 0.75  # now off the diagonal: the flag must be raised again
+    assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
+    w.data = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev) * 2  # new storage
+    assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
+    dense = torch.randn(3, 3, 4, 4, dtype=torch.float64, device=gdev)
+    assert_close(fk.conv_transpose2d_crop(x, dense, **kw), ref(dense))
+    assert_close(fk.conv_transpose2d_crop(x.float(), w.float(), **kw), ref(w.float()), torch.float32)
+    with torch.inference_mode():  # no version counter: never cached, still right
+        wi = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev)
+        assert_close(fk.conv_transpose2d_crop(x, wi, **kw), ref(wi))
+        wi[1, 0, 2, 2] = 1.0
+        assert_close(fk.conv_transpose2d_crop(x, wi, **kw), ref(wi))

@@ -6,6 +6,7 @@ The models are written as their authors write them: the classic PyTorch FCN port
 a torchvision-style head ending in F.interpolate, a SegNet-style encoder/decoder with
 F.max_unpool2d. The reference is always the unfused model itself (ATen).
 """
+
 import copy
 
 import pytest
@@ -21,8 +22,11 @@ FK = torch.ops.fcn_kernels
 
 def _vgg_block(m, stage, cin, cout, convs):
     for i in range(1, convs + 1):
-        setattr(m, f"conv{stage}_{i}", nn.Conv2d(cin if i == 1 else cout, cout, 3,
-                                                 padding=100 if stage == i == 1 else 1))
+        setattr(
+            m,
+            f"conv{stage}_{i}",
+            nn.Conv2d(cin if i == 1 else cout, cout, 3, padding=100 if stage == i == 1 else 1),
+        )
         setattr(m, f"relu{stage}_{i}", nn.ReLU(inplace=True))
     setattr(m, f"pool{stage}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
 
@@ -81,26 +85,26 @@ class ClassicFCN(nn.Module):
         h = self.score_fr(h)
         if self.arch == "fcn32s":
             h = self.upscore(h)
-            h = h[:, :, 19:19 + x.size()[2], 19:19 + x.size()[3]].contiguous()
+            h = h[:, :, 19 : 19 + x.size()[2], 19 : 19 + x.size()[3]].contiguous()
             return h
         h = self.upscore2(h)
         upscore2 = h  # 1/16
         h = self.score_pool4(pool4)
-        h = h[:, :, 5:5 + upscore2.size()[2], 5:5 + upscore2.size()[3]]
+        h = h[:, :, 5 : 5 + upscore2.size()[2], 5 : 5 + upscore2.size()[3]]
         score_pool4c = h  # 1/16
         h = upscore2 + score_pool4c
         if self.arch == "fcn16s":
             h = self.upscore16(h)
-            h = h[:, :, 27:27 + x.size()[2], 27:27 + x.size()[3]].contiguous()
+            h = h[:, :, 27 : 27 + x.size()[2], 27 : 27 + x.size()[3]].contiguous()
             return h
         h = self.upscore_pool4(h)
         upscore_pool4 = h  # 1/8
         h = self.score_pool3(pool3)
-        h = h[:, :, 9:9 + upscore_pool4.size()[2], 9:9 + upscore_pool4.size()[3]]
+        h = h[:, :, 9 : 9 + upscore_pool4.size()[2], 9 : 9 + upscore_pool4.size()[3]]
         score_pool3c = h  # 1/8
         h = upscore_pool4 + score_pool3c  # 1/8
         h = self.upscore8(h)
-        h = h[:, :, 31:31 + x.size()[2], 31:31 + x.size()[3]].contiguous()
+        h = h[:, :, 31 : 31 + x.size()[2], 31 : 31 + x.size()[3]].contiguous()
         return h
 
 
@@ -110,12 +114,20 @@ class TorchvisionStyle(nn.Module):
 
     def __init__(self, n_class=5):
         super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1),
-                                      nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=4, padding=1), nn.ReLU())
-        self.classifier = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False),
-                                        nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.1),
-                                        nn.Conv2d(8, n_class, 1))
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=4, padding=1),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Conv2d(16, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Conv2d(8, n_class, 1),
+        )
         self.aux = nn.Conv2d(16, n_class, 1)
 
     def forward(self, x):
@@ -123,8 +135,9 @@ class TorchvisionStyle(nn.Module):
         features = self.backbone(x)
         out = self.classifier(features)
         out = F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False)
-        aux = F.interpolate(self.aux(features), scale_factor=4.0, mode="bilinear",
-                            align_corners=True)
+        aux = F.interpolate(
+            self.aux(features), scale_factor=4.0, mode="bilinear", align_corners=True
+        )
         return {"out": out, "aux": aux}
 
 
@@ -188,8 +201,10 @@ def _check_same(model, x, mode, **fuse_kw):
 
 
 @pytest.mark.parametrize("mode", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("arch,fused_layers", [
-    ("fcn32s", ["upscore"]), ("fcn16s", ["upscore16"]), ("fcn8s", ["upscore8"])])
+@pytest.mark.parametrize(
+    "arch,fused_layers",
+    [("fcn32s", ["upscore"]), ("fcn16s", ["upscore16"]), ("fcn8s", ["upscore8"])],
+)
 def test_classic_fcn(arch, fused_layers, mode):
     model = ClassicFCN(arch)
     fused = _check_same(model, torch.randn(2, 3, 37, 45), mode)
@@ -286,7 +301,7 @@ class NotRewritten(nn.Module):
 
     def forward(self, x, ind):
         h = self.up(x)
-        a = h[:, :, 1:1 + x.size(2), 1:1 + x.size(3)] + h.mean()
+        a = h[:, :, 1 : 1 + x.size(2), 1 : 1 + x.size(3)] + h.mean()
         b = self.up2(x)[:1, :, 1:5, 1:5]
         c = F.interpolate(x, scale_factor=2, mode="bilinear", antialias=True)
         d = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -313,8 +328,9 @@ def test_log_line(caplog):
     assert len(lines) == 1 and "upscore" in lines[0] and "1 rewrite" in lines[0]
 
 
-@pytest.mark.parametrize("model_fn,n", [(lambda: ClassicFCN("fcn8s"), 1),
-                                         (TorchvisionStyle, 2), (SegNetStyle, 2)])
+@pytest.mark.parametrize(
+    "model_fn,n", [(lambda: ClassicFCN("fcn8s"), 1), (TorchvisionStyle, 2), (SegNetStyle, 2)]
+)
 def test_fx_capture(model_fn, n):
     # torch.fx symbolic tracing (used where torch.export fails): torch-level patterns;
     # the graph calls the submodules, so one graph serves both modes.
@@ -330,8 +346,9 @@ def test_fx_capture(model_fn, n):
 
 def test_to_dtype_rebinds():
     model = TorchvisionStyle().eval()
-    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),), dynamic_shapes=(
-        {2: Dim.DYNAMIC, 3: Dim.DYNAMIC},))
+    fused = fk.fuse(
+        model, (torch.randn(1, 3, 32, 32),), dynamic_shapes=({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    )
     fused.double()
     assert model.backbone[1].running_mean.dtype == torch.float64
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
@@ -351,6 +368,7 @@ def test_decomposed_convolution_pattern():
     # After run_decompositions a transposed convolution is aten.convolution(...,
     # transposed=True, ...): the same rewrite applies.
     from fcn_kernels.fuse import _rewrite_aten
+
     model = ClassicFCN("fcn32s").eval()
     x = torch.randn(1, 3, 32, 32)
     gm = torch.export.export(model, (x,)).run_decompositions().module()

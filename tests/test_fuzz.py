@@ -7,6 +7,7 @@ Every case runs on the CPU kernels, on the CUDA code emulated on the CPU ("emu")
 CUDA where a GPU is visible.
 A failure prints the case (op, arguments, dtype, layout) and the seed to reproduce it.
 """
+
 import os
 import random
 
@@ -58,8 +59,11 @@ def check_bilinear(case, dtype, how, device):
     g = torch.randn_like(ref)
     (gx,) = torch.autograd.grad(y, x, g.to(dtype))
     (gref,) = torch.autograd.grad(ref, ref_in, g.to(dtype).double())
-    (mag,) = torch.autograd.grad(ref, ref_in, g.to(dtype).double().abs(), allow_unused=True) \
-        if ref.numel() else (torch.zeros_like(ref_in),)
+    (mag,) = (
+        torch.autograd.grad(ref, ref_in, g.to(dtype).double().abs(), allow_unused=True)
+        if ref.numel()
+        else (torch.zeros_like(ref_in),)
+    )
     return y, ref, gx, gref, mag
 
 
@@ -80,10 +84,19 @@ def draw_deconv(rng):
         full = [fk.deconv_full_size(*a) for a in zip(hw, k, s, p, d, op)]
     off = tuple(rng.randint(0, f - 1) for f in full)
     size = tuple(rng.randint(1, f - o) for f, o in zip(full, off))
-    return dict(n=rng.choice([0, 1, 2]), cin=cin, cout_g=cout_g, groups=groups, diag=diag,
-                hw=hw, bias=rng.random() < 0.5,
-                kw=dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d,
-                        offset=off, size=size), k=k)
+    return dict(
+        n=rng.choice([0, 1, 2]),
+        cin=cin,
+        cout_g=cout_g,
+        groups=groups,
+        diag=diag,
+        hw=hw,
+        bias=rng.random() < 0.5,
+        kw=dict(
+            stride=s, padding=p, output_padding=op, groups=groups, dilation=d, offset=off, size=size
+        ),
+        k=k,
+    )
 
 
 def check_deconv(case, dtype, how, device):
@@ -94,7 +107,11 @@ def check_deconv(case, dtype, how, device):
         cg = c["cin"] // c["groups"]
         mask = torch.eye(cg, dtype=torch.bool, device=device).repeat(c["groups"], 1)
         w64 = w64 * mask[:, :, None, None]
-    b64 = torch.randn(c["cout_g"] * c["groups"], dtype=torch.float64, device=device) if c["bias"] else None
+    b64 = (
+        torch.randn(c["cout_g"] * c["groups"], dtype=torch.float64, device=device)
+        if c["bias"]
+        else None
+    )
     x = layout(x64.to(dtype), how).requires_grad_()
     w = w64.to(dtype).requires_grad_()
     ref_in = x.detach().double().requires_grad_()
@@ -103,13 +120,17 @@ def check_deconv(case, dtype, how, device):
     (oy, ox), (h, wd) = kw.pop("offset"), kw.pop("size")
     b = b64.to(dtype) if b64 is not None else None
     y = fk.conv_transpose2d_crop(x, w, b, offset=(oy, ox), size=(h, wd), **kw)
-    ref = F.conv_transpose2d(ref_in, ref_w, b.double() if b is not None else None,
-                             **kw)[..., oy:oy + h, ox:ox + wd]
+    ref = F.conv_transpose2d(ref_in, ref_w, b.double() if b is not None else None, **kw)[
+        ..., oy : oy + h, ox : ox + wd
+    ]
     g = torch.randn_like(ref).to(dtype)
     gx, gw = torch.autograd.grad(y, (x, w), g)
     gref, gwref = torch.autograd.grad(ref, (ref_in, ref_w), g.double())
-    mx, mw = torch.autograd.grad(F.conv_transpose2d(ref_in.abs(), ref_w.abs(), None, **kw)[..., oy:oy + h, ox:ox + wd],
-                                 (ref_in, ref_w), g.double().abs())
+    mx, mw = torch.autograd.grad(
+        F.conv_transpose2d(ref_in.abs(), ref_w.abs(), None, **kw)[..., oy : oy + h, ox : ox + wd],
+        (ref_in, ref_w),
+        g.double().abs(),
+    )
     return y, ref, (gx, gw), (gref, gwref), (mx.abs(), mw.abs())
 
 
@@ -133,7 +154,9 @@ def run_cases(op, device, cases=CASES, seed=SEED):
     failures = []
     for i in range(cases):
         case = draw(rng)
-        dtype = rng.choice([torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16])
+        dtype = rng.choice(
+            [torch.float64, torch.float64, torch.float32, torch.bfloat16, torch.float16]
+        )
         how = rng.choice(["contiguous", "channels_last", "noncontig"])
         torch.manual_seed(seed * 100003 + i)
         try:
@@ -141,14 +164,20 @@ def run_cases(op, device, cases=CASES, seed=SEED):
             assert y.dtype == dtype and y.shape == ref.shape, f"shape/dtype {y.shape} {ref.shape}"
             # forward: magnitude of the reference output bounds the rounding
             ya = (y.double() - ref).abs()
-            assert (ya <= bound(dtype, ref.abs() + 1)).all(), f"forward off by {ya.max().item():.3g}"
-            for name, a, b, m in zip(("grad", "grad_weight"), *(
-                    (t if isinstance(t, tuple) else (t,)) for t in (grads, grefs, mags))):
+            assert (ya <= bound(dtype, ref.abs() + 1)).all(), (
+                f"forward off by {ya.max().item():.3g}"
+            )
+            for name, a, b, m in zip(
+                ("grad", "grad_weight"),
+                *((t if isinstance(t, tuple) else (t,)) for t in (grads, grefs, mags)),
+            ):
                 err = (a.double() - b).abs()
                 assert (err <= bound(dtype, m + 1)).all(), f"{name} off by {err.max().item():.3g}"
         except Exception as e:  # collect, report every failing case reproducibly
-            failures.append(f"case {i}: op={op} seed={seed} dtype={dtype} layout={how} "
-                            f"args={case}: {type(e).__name__}: {e}")
+            failures.append(
+                f"case {i}: op={op} seed={seed} dtype={dtype} layout={how} "
+                f"args={case}: {type(e).__name__}: {e}"
+            )
     return failures
 
 

@@ -1,5 +1,6 @@
 """The GPU tooling that must work without a GPU: the emulated launcher's own rules,
 the sass report, the fuzz CLI and gpu-check's skip paths and summary writer."""
+
 import json
 import os
 import subprocess
@@ -15,9 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_emulated_ops_exist_for_every_schema():
-    for name in ("bilinear_upsample", "bilinear_upsample_backward", "max_unpool2d",
-                 "max_unpool2d_backward", "conv_transpose2d_crop",
-                 "conv_transpose2d_crop_backward_input", "conv_transpose2d_crop_backward_weight"):
+    for name in (
+        "bilinear_upsample",
+        "bilinear_upsample_backward",
+        "max_unpool2d",
+        "max_unpool2d_backward",
+        "conv_transpose2d_crop",
+        "conv_transpose2d_crop_backward_input",
+        "conv_transpose2d_crop_backward_weight",
+    ):
         emu = getattr(torch.ops.fcn_kernels_emu, name).default
         ref = getattr(torch.ops.fcn_kernels, name).default
         assert str(emu._schema).replace("fcn_kernels_emu", "fcn_kernels") == str(ref._schema)
@@ -31,6 +38,7 @@ def _cpu_kernel(name):
 
 def test_emulated_cuda_routes_and_restores_the_cpu_kernels():
     from fcn_kernels.testing import OPS
+
     before = {name: _cpu_kernel(name) for name in OPS}
     assert all("csrc/" in k and "cpu" in k for k in before.values()), before
     with emulated_cuda():
@@ -40,6 +48,7 @@ def test_emulated_cuda_routes_and_restores_the_cpu_kernels():
 
 def test_index32_limit_is_restored():
     from fcn_kernels.testing import index32_limit
+
     default = torch.ops.fcn_kernels_emu._set_index32_limit(0)
     with index32_limit(10):
         assert torch.ops.fcn_kernels_emu._set_index32_limit(10) == 10
@@ -47,16 +56,31 @@ def test_index32_limit_is_restored():
 
 
 def test_fuzz_cli_runs_and_reports(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tests.fuzz", "--cases", "3", "--ops", "bilinear",
-                          "--devices", "cpu,emu"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.fuzz",
+            "--cases",
+            "3",
+            "--ops",
+            "bilinear",
+            "--devices",
+            "cpu,emu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "bilinear  cpu        3 cases     0 failed" in out.stdout
     assert "bilinear  emu        3 cases     0 failed" in out.stdout
 
 
 def test_sass_report_parses_or_says_cpu_only():
-    out = subprocess.run([sys.executable, "-m", "benches.sass", "--check"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benches.sass", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     if fk.cuda_built():
         # CI builds the CUDA sources: the report must list our kernels and pass --check.
         assert out.returncode == 0, out.stdout + out.stderr
@@ -69,8 +93,12 @@ def test_sass_report_parses_or_says_cpu_only():
 def test_gpu_check_without_gpu_skips_gpu_steps_and_writes_summary(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: gpu-check would run for real")
-    out = subprocess.run([sys.executable, "-m", "benches.gpu_check", str(tmp_path),
-                          "--no-build"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benches.gpu_check", str(tmp_path), "--no-build"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert status["build"] == "skipped"
@@ -84,10 +112,26 @@ def test_gpu_check_without_gpu_skips_gpu_steps_and_writes_summary(tmp_path):
 
 def test_gpu_check_summary_includes_the_bench_table(tmp_path):
     from benches import gpu_check
+
     (tmp_path / "bench.log").write_text("noise\n| op | case |\n|---|---|\n| bilinear | x8 |\n")
-    results = [{"step": "bench", "status": "passed", "exit": 0, "seconds": 1.0, "log": "bench.log",
-                "tail": ""}, {"step": "graph", "status": "failed", "exit": 1, "seconds": 2.0,
-                              "log": "graph.log", "tail": "boom"}]
+    results = [
+        {
+            "step": "bench",
+            "status": "passed",
+            "exit": 0,
+            "seconds": 1.0,
+            "log": "bench.log",
+            "tail": "",
+        },
+        {
+            "step": "graph",
+            "status": "failed",
+            "exit": 1,
+            "seconds": 2.0,
+            "log": "graph.log",
+            "tail": "boom",
+        },
+    ]
     gpu_check.write_summary(str(tmp_path), results, "test machine")
     md = (tmp_path / "summary.md").read_text()
     assert "| bilinear | x8 |" in md and "| graph | failed | 1 | 2.0 |" in md
@@ -98,8 +142,12 @@ def test_gpu_smoke_skips_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
     for what in ("ops", "sync", "graph"):
-        out = subprocess.run([sys.executable, "-m", "benches.gpu_smoke", what], cwd=ROOT,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "benches.gpu_smoke", what],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0 and "skipped: no CUDA device" in out.stdout
 
 

@@ -1,5 +1,6 @@
 """Hardening: bad-input battery (in a subprocess), determinism, memory, large tensors,
 autocast, CUDA graphs and streams."""
+
 import gc
 import json
 import os
@@ -11,15 +12,21 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from helpers import DEVICES, requires_cuda
+from helpers import requires_cuda
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_bad_input_battery_in_subprocess():
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "bad_inputs.py")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode in (0, 1), f"battery crashed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "bad_inputs.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode in (0, 1), (
+        f"battery crashed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["tried"] >= 40
     assert summary["failures"] == [], "\n".join(summary["failures"])
@@ -27,6 +34,7 @@ def test_bad_input_battery_in_subprocess():
 
 def _runs(device):
     """(name, fn) pairs running forward + backward of every op; fn returns the grads."""
+
     def bilinear():
         x = torch.randn(2, 5, 9, 11, device=device, requires_grad=True)
         y = fk.bilinear_upsample(x, scale_factor=3.3)
@@ -35,18 +43,31 @@ def _runs(device):
     def deconv(diag):
         def run():
             x = torch.randn(2, 4, 9, 9, device=device, requires_grad=True)
-            w = (fk.bilinear_kernel(4, 8) if diag else torch.randn(4, 4, 8, 8)).to(device).requires_grad_()
+            w = (
+                (fk.bilinear_kernel(4, 8) if diag else torch.randn(4, 4, 8, 8))
+                .to(device)
+                .requires_grad_()
+            )
             y = fk.conv_transpose2d_crop(x, w, stride=4, offset=(3, 5), size=(30, 29))
             return torch.autograd.grad(y, (x, w), torch.ones_like(y) * 0.3)
+
         return run
 
-    runs = [("bilinear", bilinear), ("deconv-diag", deconv(True)), ("deconv-general", deconv(False))]
+    runs = [
+        ("bilinear", bilinear),
+        ("deconv-diag", deconv(True)),
+        ("deconv-general", deconv(False)),
+    ]
     if hasattr(fk, "max_unpool2d"):
+
         def unpool():
-            v, idx = F.max_pool2d(torch.randn(2, 5, 12, 12, device=device), 3, 2, 1, return_indices=True)
+            v, idx = F.max_pool2d(
+                torch.randn(2, 5, 12, 12, device=device), 3, 2, 1, return_indices=True
+            )
             v.requires_grad_()
             y = fk.max_unpool2d(v, idx, 3, 2, 1, output_size=(12, 12))
             return torch.autograd.grad(y, v, torch.ones_like(y) * 0.3)
+
         runs.append(("unpool", unpool))
     return runs
 
@@ -183,11 +204,18 @@ def test_autocast_cpu_bfloat16():
     assert h.dtype == ours.dtype == ref.dtype == torch.bfloat16
     assert up.dtype == up_ref.dtype == torch.bfloat16
     h64, w64 = h.double(), w.bfloat16().double()  # the operands autocast gave both ops
-    _within_rounding(ours, F.conv_transpose2d(h64, w64, stride=2)[..., 1:11, 1:11],
-                     F.conv_transpose2d(h64.abs(), w64.abs(), stride=2)[..., 1:11, 1:11],
-                     torch.bfloat16)
-    _within_rounding(up, F.interpolate(h64, scale_factor=2, mode="bilinear"),
-                     F.interpolate(h64.abs(), scale_factor=2, mode="bilinear"), torch.bfloat16)
+    _within_rounding(
+        ours,
+        F.conv_transpose2d(h64, w64, stride=2)[..., 1:11, 1:11],
+        F.conv_transpose2d(h64.abs(), w64.abs(), stride=2)[..., 1:11, 1:11],
+        torch.bfloat16,
+    )
+    _within_rounding(
+        up,
+        F.interpolate(h64, scale_factor=2, mode="bilinear"),
+        F.interpolate(h64.abs(), scale_factor=2, mode="bilinear"),
+        torch.bfloat16,
+    )
 
 
 @requires_cuda
@@ -200,8 +228,12 @@ def test_autocast_cuda(dtype):
         ref = F.conv_transpose2d(x, w, stride=2)[..., 1:11, 1:11]
     assert ours.dtype == ref.dtype == dtype
     x64, w64 = x.to(dtype).double(), w.to(dtype).double()
-    _within_rounding(ours, F.conv_transpose2d(x64, w64, stride=2)[..., 1:11, 1:11],
-                     F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:11, 1:11], dtype)
+    _within_rounding(
+        ours,
+        F.conv_transpose2d(x64, w64, stride=2)[..., 1:11, 1:11],
+        F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:11, 1:11],
+        dtype,
+    )
 
 
 @requires_cuda
@@ -242,14 +274,19 @@ def test_autocast_registered_in_cpp_for_direct_op_calls():
     x, w = torch.randn(1, 3, 5, 5), torch.randn(3, 2, 4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = torch.ops.fcn_kernels.conv_transpose2d_crop(
-            x, w, None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8])
+            x, w, None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8]
+        )
         ref = F.conv_transpose2d(x, w, stride=2)
     assert y.dtype == ref.dtype == torch.bfloat16
     x64, w64 = x.bfloat16().double(), w.bfloat16().double()
-    _within_rounding(y, F.conv_transpose2d(x64, w64, stride=2)[..., 1:9, 1:9],
-                     F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:9, 1:9],
-                     torch.bfloat16)
+    _within_rounding(
+        y,
+        F.conv_transpose2d(x64, w64, stride=2)[..., 1:9, 1:9],
+        F.conv_transpose2d(x64.abs(), w64.abs(), stride=2)[..., 1:9, 1:9],
+        torch.bfloat16,
+    )
     # Outside autocast mixed dtypes are an error, not a silent cast.
     with pytest.raises(TypeError, match="weight must have the input.s dtype"):
         torch.ops.fcn_kernels.conv_transpose2d_crop(
-            x, w.double(), None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8])
+            x, w.double(), None, [2, 2], [0, 0], [0, 0], 1, [1, 1], [1, 1], [8, 8]
+        )

@@ -2,6 +2,7 @@
 picked at run time like ATen's own kernels (csrc/common/isa.h), following
 ATEN_CPU_CAPABILITY. Every variant this CPU can run must give ATen's results: each is
 checked in a subprocess with that capability forced."""
+
 import os
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_every_isa_variant_matches_aten(capability):
     if capability not in _supported():
         pytest.skip(f"this CPU cannot run {capability} code")
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability.lower())
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"capability {capability}" in out.stdout and "ok" in out.stdout, out.stdout

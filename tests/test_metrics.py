@@ -1,4 +1,5 @@
 """fcn.metrics against cases worked out by hand."""
+
 import math
 
 import numpy as np
@@ -12,9 +13,7 @@ from fcn.metrics import confusion_matrix, format_scores, scores
 TRUTH = [[0, 0, 1], [1, 2, 2], [255, 0, 1]]
 PRED = [[0, 1, 1], [1, 2, 0], [2, 0, 2]]
 # counted by hand: row = truth, column = prediction
-HIST = [[2, 1, 0],
-        [0, 2, 1],
-        [1, 0, 1]]
+HIST = [[2, 1, 0], [0, 2, 1], [1, 0, 1]]
 
 
 def test_confusion_matrix_hand_computed():

@@ -5,6 +5,7 @@ References are written independently here: the classic port's layout (wkentaro/
 pytorch-fcn: module names, hard-coded crop offsets, crop *after* the 1x1 score convs),
 torchvision's Linear fc6, the deconvolution a bilinear interpolation must equal.
 """
+
 import copy
 
 import pytest
@@ -13,9 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcn_kernels as fk
-from fcn.models import (FCN8s, FCN8sAtOnce, FCN16s, FCN32s, FCNUnpool, MODELS, build_model,
-                        bilinear_kernel, extract_state_dict, load_backbone_weights,
-                        load_checkpoint)
+from fcn.models import (
+    FCN8s,
+    FCN8sAtOnce,
+    FCN16s,
+    FCN32s,
+    FCNUnpool,
+    MODELS,
+    build_model,
+    bilinear_kernel,
+    extract_state_dict,
+    load_backbone_weights,
+    load_checkpoint,
+)
 from fcn.models import upsample as up
 
 FCN_ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
@@ -37,7 +48,7 @@ def randomize_(model, seed=0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             fan = p[0].numel() if p.dim() > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) / fan ** 0.5)
+            p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
     return model
 
 
@@ -60,7 +71,11 @@ class ClassicFCN(nn.Module):
         for b, (n, c) in enumerate(blocks, 1):
             names = []
             for i in range(1, n + 1):
-                setattr(self, f"conv{b}_{i}", nn.Conv2d(c_in, c, 3, padding=100 if (b, i) == (1, 1) else 1))
+                setattr(
+                    self,
+                    f"conv{b}_{i}",
+                    nn.Conv2d(c_in, c, 3, padding=100 if (b, i) == (1, 1) else 1),
+                )
                 setattr(self, f"relu{b}_{i}", nn.ReLU(inplace=True))
                 names.append(f"{b}_{i}")
                 c_in = c
@@ -103,24 +118,24 @@ class ClassicFCN(nn.Module):
         H, W = x.shape[2:]
         if self.arch == "fcn32s":
             h = self.upscore(h)
-            return h[:, :, 19:19 + H, 19:19 + W].contiguous()
+            return h[:, :, 19 : 19 + H, 19 : 19 + W].contiguous()
         h = self.upscore2(h)
         upscore2 = h
         p4 = pool4 * 0.01 if self.arch == "fcn8s-atonce" else pool4
         h = self.score_pool4(p4)
-        h = h[:, :, 5:5 + upscore2.size(2), 5:5 + upscore2.size(3)]
+        h = h[:, :, 5 : 5 + upscore2.size(2), 5 : 5 + upscore2.size(3)]
         h = upscore2 + h
         if self.arch == "fcn16s":
             h = self.upscore16(h)
-            return h[:, :, 27:27 + H, 27:27 + W].contiguous()
+            return h[:, :, 27 : 27 + H, 27 : 27 + W].contiguous()
         h = self.upscore_pool4(h)
         upscore_pool4 = h
         p3 = pool3 * 0.0001 if self.arch == "fcn8s-atonce" else pool3
         h = self.score_pool3(p3)
-        h = h[:, :, 9:9 + upscore_pool4.size(2), 9:9 + upscore_pool4.size(3)]
+        h = h[:, :, 9 : 9 + upscore_pool4.size(2), 9 : 9 + upscore_pool4.size(3)]
         h = upscore_pool4 + h
         h = self.upscore8(h)
-        return h[:, :, 31:31 + H, 31:31 + W].contiguous()
+        return h[:, :, 31 : 31 + H, 31 : 31 + W].contiguous()
 
 
 def tiny(arch, n=5, **kw):
@@ -194,7 +209,9 @@ def test_bilinear_kernel_values():
     torch.testing.assert_close(bilinear_kernel(1, 3)[0, 0], torch.outer(t3, t3))
     # x32 kernel: interior of the upsampled constant map is the constant
     y = F.conv_transpose2d(torch.ones(1, 1, 4, 4), bilinear_kernel(1, 64), stride=32)
-    torch.testing.assert_close(y[0, 0, 32:-32, 32:-32], torch.ones(y.shape[2] - 64, y.shape[3] - 64))
+    torch.testing.assert_close(
+        y[0, 0, 32:-32, 32:-32], torch.ones(y.shape[2] - 64, y.shape[3] - 64)
+    )
 
 
 @pytest.mark.parametrize("arch", FCN_ARCHS)
@@ -245,8 +262,17 @@ def test_classic_state_dict_tiny(arch, tmp_path):
     torch.testing.assert_close(y, y_ref, **TOL)
     # checkpoint file in the port's format
     path = tmp_path / "ckpt.pth.tar"
-    torch.save({"epoch": 3, "iteration": 100, "arch": "FCN", "optim_state_dict": {},
-                "model_state_dict": ref.state_dict(), "best_mean_iu": 0.5}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "iteration": 100,
+            "arch": "FCN",
+            "optim_state_dict": {},
+            "model_state_dict": ref.state_dict(),
+            "best_mean_iu": 0.5,
+        },
+        path,
+    )
     fresh = tiny(arch, n=4).eval()
     load_checkpoint(fresh, str(path))
     with torch.no_grad():
@@ -289,7 +315,10 @@ def test_checkpoint_mismatch_lists_keys():
     msg = str(e.value)
     assert "unexpected keys" in msg and "score_pool3.weight" in msg and "upscore8.weight" in msg
     assert "missing keys" in msg and "upscore16.weight" in msg
-    assert "mis-shaped keys" in msg and "score_fr.weight: expected (4, 64, 1, 1), got (5, 64, 1, 1)" in msg
+    assert (
+        "mis-shaped keys" in msg
+        and "score_fr.weight: expected (4, 64, 1, 1), got (5, 64, 1, 1)" in msg
+    )
     # DataParallel prefix is accepted
     ref = ClassicFCN("fcn16s", n_class=4, blocks=TINY_BLOCKS, fc=64)
     wrapped = {"module." + k: v for k, v in ref.state_dict().items()}
@@ -305,7 +334,21 @@ def test_checkpoint_mismatch_lists_keys():
 def _tv_vgg16_from(ref):
     """torchvision vgg16 state_dict holding the weights of a classic-layout model."""
     convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-    names = ["1_1", "1_2", "2_1", "2_2", "3_1", "3_2", "3_3", "4_1", "4_2", "4_3", "5_1", "5_2", "5_3"]
+    names = [
+        "1_1",
+        "1_2",
+        "2_1",
+        "2_2",
+        "3_1",
+        "3_2",
+        "3_3",
+        "4_1",
+        "4_2",
+        "4_3",
+        "5_1",
+        "5_2",
+        "5_3",
+    ]
     sd = {}
     for i, n in zip(convs, names):
         m = getattr(ref, f"conv{n}")
@@ -343,10 +386,16 @@ def test_pretrained_vgg16_conversion(vgg_pair):
 @pytest.fixture(scope="module")
 def alexnet_tv():
     g = torch.Generator().manual_seed(7)
-    shapes = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5),
-              "features.6": (384, 192, 3, 3), "features.8": (256, 384, 3, 3),
-              "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
-              "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+    shapes = {
+        "features.0": (64, 3, 11, 11),
+        "features.3": (192, 64, 5, 5),
+        "features.6": (384, 192, 3, 3),
+        "features.8": (256, 384, 3, 3),
+        "features.10": (256, 256, 3, 3),
+        "classifier.1": (4096, 9216),
+        "classifier.4": (4096, 4096),
+        "classifier.6": (1000, 4096),
+    }
     sd = {}
     for k, s in shapes.items():
         sd[k + ".weight"] = torch.randn(s, generator=g) * 0.01
@@ -362,7 +411,9 @@ def test_pretrained_alexnet_conversion(alexnet_tv):
     assert model.fc6.weight.shape == (4096, 256, 6, 6)
     pool5 = torch.randn(1, 256, 6, 6)
     with torch.no_grad():
-        lin = F.linear(pool5.flatten(1), alexnet_tv["classifier.1.weight"], alexnet_tv["classifier.1.bias"])
+        lin = F.linear(
+            pool5.flatten(1), alexnet_tv["classifier.1.weight"], alexnet_tv["classifier.1.bias"]
+        )
         torch.testing.assert_close(model.fc6(pool5).flatten(1), lin, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(model.fc7.weight.flatten(1), alexnet_tv["classifier.4.weight"])
     # a wrong file: names every mismatched key
@@ -382,8 +433,21 @@ def test_pretrained_errors_and_unpool(alexnet_tv, tmp_path):
         tiny("fcn32s", pretrained={"features.0.weight": torch.zeros(1)})
     # a vgg16-shaped unpool model takes the convs and ignores the classifier
     convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-    chans = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-             (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    chans = [
+        (3, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 256),
+        (256, 256),
+        (256, 256),
+        (256, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
     sd = {}
     for i, (ci, co) in zip(convs, chans):
         sd[f"features.{i}.weight"] = torch.randn(co, ci, 3, 3) * 0.01
@@ -404,7 +468,16 @@ def test_copy_params_from_staged():
     m32 = randomize_(tiny("fcn32s", n=3), seed=1)
     m16 = tiny("fcn16s", n=3)
     copied = m16.copy_params_from(m32)
-    assert set(copied) == {"conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1", "fc6", "fc7", "score_fr"}
+    assert set(copied) == {
+        "conv1_1",
+        "conv2_1",
+        "conv3_1",
+        "conv4_1",
+        "conv5_1",
+        "fc6",
+        "fc7",
+        "score_fr",
+    }
     for n in copied:
         torch.testing.assert_close(getattr(m16, n).weight, getattr(m32, n).weight)
     torch.testing.assert_close(m16.upscore16.weight, bilinear_kernel(3, 32))  # own init kept
@@ -421,14 +494,16 @@ def test_copy_params_from_staged():
 # ---------------------------------------------------------------------------------------
 # Upsampling functions: the bilinear head equals the bilinear deconvolution inside
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("k,s,off", [(64, 32, 19), (4, 2, 0), (32, 16, 27), (16, 8, 31),
-                                     (63, 32, 18), (63, 32, 98), (4, 2, 5)])
+@pytest.mark.parametrize(
+    "k,s,off",
+    [(64, 32, 19), (4, 2, 0), (32, 16, 27), (16, 8, 31), (63, 32, 18), (63, 32, 98), (4, 2, 5)],
+)
 def test_bilinear_crop_equals_bilinear_deconv_inside(k, s, off):
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
     full = [fk.deconv_full_size(n, k, s) for n in x.shape[2:]]
     size = (full[0] - off - 1, full[1] - off)
     ref = F.conv_transpose2d(x, bilinear_kernel(3, k, torch.float64), stride=s)
-    ref = ref[:, :, off:off + size[0], off:off + size[1]]
+    ref = ref[:, :, off : off + size[0], off : off + size[1]]
     y = up.bilinear_crop(x, k, s, off, size, mode="aten")
     assert y.shape == ref.shape
     # interior: output o sits at input coordinate (o + off - c) / s, c the kernel centre
@@ -453,7 +528,9 @@ def test_crop_and_conv_transpose_crop_errors():
     with pytest.raises(ValueError, match="upsample must be one of"):
         up.conv_transpose_crop(x, bilinear_kernel(2, 4), None, 2, mode="cuda")
     y = up.conv_transpose_crop(x, bilinear_kernel(2, 4), None, 2, offset=(1, 2), mode="aten")
-    torch.testing.assert_close(y, F.conv_transpose2d(x, bilinear_kernel(2, 4), stride=2)[:, :, 1:, 2:])
+    torch.testing.assert_close(
+        y, F.conv_transpose2d(x, bilinear_kernel(2, 4), stride=2)[:, :, 1:, 2:]
+    )
 
 
 def test_max_unpool_aten_puts_values_at_switches():
@@ -598,7 +675,9 @@ def test_torch_compile_inductor_backward():
     torch.testing.assert_close(y, y_ref, **TOL)
     y.square().sum().backward()
     y_ref.square().sum().backward()
-    torch.testing.assert_close(model.conv1_1.weight.grad, ref.conv1_1.weight.grad, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(
+        model.conv1_1.weight.grad, ref.conv1_1.weight.grad, atol=1e-4, rtol=1e-3
+    )
 
 
 def test_torch_export_aten():
@@ -611,9 +690,12 @@ def test_torch_export_aten():
 
 
 def test_onnx_export_aten(tmp_path):
-    pytest.importorskip("onnx", reason="onnx is not installed here; ONNX export is untested "
-                                       "(see docs/models.md)")
-    pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's dynamo exporter) is not installed")
+    pytest.importorskip(
+        "onnx", reason="onnx is not installed here; ONNX export is untested (see docs/models.md)"
+    )
+    pytest.importorskip(
+        "onnxscript", reason="onnxscript (torch.onnx's dynamo exporter) is not installed"
+    )
     import onnx
     from onnx.reference import ReferenceEvaluator
 
@@ -645,7 +727,9 @@ def test_bad_arguments():
         build_model("fcn4s", backbone="tiny", upsample="aten")
     for cls in (FCN16s, FCN8s, FCN8sAtOnce):
         for bb in ("alexnet", "googlenet"):
-            with pytest.raises(ValueError, match=f"backbone '{bb}' does not provide; with '{bb}' use fcn32s"):
+            with pytest.raises(
+                ValueError, match=f"backbone '{bb}' does not provide; with '{bb}' use fcn32s"
+            ):
                 cls(backbone=bb, upsample="aten")
     with pytest.raises(ValueError, match="FCNUnpool supports"):
         FCNUnpool(backbone="alexnet", upsample="aten")

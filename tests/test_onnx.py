@@ -1,6 +1,7 @@
 """ONNX export of models on our operators (fcn_kernels.onnx): standard ONNX operators
 only, run with onnx's reference interpreter (independent of torch) and compared with
 PyTorch."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,17 +35,22 @@ class Ops(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.randn(3, 4, 4, 4))
         self.b = torch.nn.Parameter(torch.randn(4))
-        self.up = fk.nn.ConvTranspose2dCrop(4, 4, 3, stride=2, padding=1, output_padding=1,
-                                            bias=False, offset=(0, 1))
+        self.up = fk.nn.ConvTranspose2dCrop(
+            4, 4, 3, stride=2, padding=1, output_padding=1, bias=False, offset=(0, 1)
+        )
 
     def forward(self, x, v, idx):
         y = fk.conv_transpose2d_crop(x, self.w, self.b, stride=2, offset=(1, 2), size=x.shape[2:])
         z = self.up(y, size=(x.shape[2] + 3, x.shape[3] + 2))
         u = fk.max_unpool2d(v, idx, 2, output_size=(2 * v.shape[2], 2 * v.shape[3]))
-        return (y, z, u,
-                fk.bilinear_upsample(y, scale_factor=2.5),
-                fk.bilinear_upsample(y, size=(7, 9), align_corners=True),
-                fk.bilinear_upsample(y, scale_factor=(1.5, 2), align_corners=True))
+        return (
+            y,
+            z,
+            u,
+            fk.bilinear_upsample(y, scale_factor=2.5),
+            fk.bilinear_upsample(y, size=(7, 9), align_corners=True),
+            fk.bilinear_upsample(y, scale_factor=(1.5, 2), align_corners=True),
+        )
 
 
 def _inputs(h, w):
@@ -76,15 +82,18 @@ def test_custom_translation_table(tmp_path):
     # The plain torch.onnx.export call with our table.
     model = Ops().eval()
     path = tmp_path / "ops.onnx"
-    torch.onnx.export(model, _inputs(4, 4), str(path), dynamo=True,
-                      custom_translation_table=fk_onnx.TRANSLATIONS)
+    torch.onnx.export(
+        model, _inputs(4, 4), str(path), dynamo=True, custom_translation_table=fk_onnx.TRANSLATIONS
+    )
     import onnx
+
     m = onnx.load(str(path))
     assert {n.op_type for n in m.graph.node} >= {"ConvTranspose", "Resize", "MaxUnpool"}
 
 
 def test_fcn_model():
     from fcn.models import build_model
+
     torch.manual_seed(0)
     model = build_model("fcn8s", "tiny", 5, upsample="fused").eval()
     with torch.no_grad():
@@ -101,6 +110,7 @@ def test_fcn_model():
 
 def test_fused_model():
     from test_fuse import ClassicFCN
+
     model = ClassicFCN("fcn32s").eval()
     x = torch.randn(1, 3, 20, 24)
     fused = fk.fuse(model, (x,))

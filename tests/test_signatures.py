@@ -1,5 +1,6 @@
 """Every argument form the torch.nn.functional counterparts accept, treated the same
 way: the same result, the same warnings, the same exception types."""
+
 import warnings
 
 import pytest
@@ -18,18 +19,21 @@ def _same_error(ours, ref):
         ours()
 
 
-@pytest.mark.parametrize("kw", [
-    dict(size=(7, 9), align_corners=None),
-    dict(scale_factor=1.7, align_corners=None),
-    dict(scale_factor=1.7, recompute_scale_factor=True),
-    dict(scale_factor=(2.5, 0.6), recompute_scale_factor=True, align_corners=True),
-    dict(scale_factor=1.7, recompute_scale_factor=False),
-    dict(scale_factor=2, recompute_scale_factor=None),
-    dict(size=5, recompute_scale_factor=False),
-    dict(size=(3, 4), antialias=False),
-    dict(size=(3, 4), antialias=True),       # runs ATen's antialiased kernel
-    dict(scale_factor=0.45, antialias=True, align_corners=True),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(size=(7, 9), align_corners=None),
+        dict(scale_factor=1.7, align_corners=None),
+        dict(scale_factor=1.7, recompute_scale_factor=True),
+        dict(scale_factor=(2.5, 0.6), recompute_scale_factor=True, align_corners=True),
+        dict(scale_factor=1.7, recompute_scale_factor=False),
+        dict(scale_factor=2, recompute_scale_factor=None),
+        dict(size=5, recompute_scale_factor=False),
+        dict(size=(3, 4), antialias=False),
+        dict(size=(3, 4), antialias=True),  # runs ATen's antialiased kernel
+        dict(scale_factor=0.45, antialias=True, align_corners=True),
+    ],
+)
 def test_bilinear_forms(kw):
     x = torch.randn(2, 3, 8, 10, requires_grad=True)
     with warnings.catch_warnings():
@@ -38,28 +42,32 @@ def test_bilinear_forms(kw):
         ours = fk.bilinear_upsample(x, **kw)
     torch.testing.assert_close(ours, ref, **TOL)
     g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0],
-                               torch.autograd.grad(ref, x, g)[0], **TOL)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0], **TOL
+    )
 
 
 def test_bilinear_module_forms():
     x = torch.randn(1, 2, 5, 7)
     ref = torch.nn.Upsample(scale_factor=1.3, mode="bilinear", recompute_scale_factor=True)
-    ours = fk.nn.BilinearUpsample(scale_factor=1.3, align_corners=None,
-                                  recompute_scale_factor=True)
+    ours = fk.nn.BilinearUpsample(scale_factor=1.3, align_corners=None, recompute_scale_factor=True)
     torch.testing.assert_close(ours(x), ref(x), **TOL)
 
 
-@pytest.mark.parametrize("x,kw", [
-    (torch.randn(3, 8, 8), dict(size=4)),                            # unbatched: F raises
-    (torch.randn(1, 3, 8, 8, 8), dict(size=4)),
-    (torch.randn(1, 3, 8, 8), dict(size=4, recompute_scale_factor=True)),
-    (torch.randn(1, 3, 8, 8), dict(size=4, scale_factor=2)),
-    (torch.randn(1, 3, 8, 8), dict()),
-])
+@pytest.mark.parametrize(
+    "x,kw",
+    [
+        (torch.randn(3, 8, 8), dict(size=4)),  # unbatched: F raises
+        (torch.randn(1, 3, 8, 8, 8), dict(size=4)),
+        (torch.randn(1, 3, 8, 8), dict(size=4, recompute_scale_factor=True)),
+        (torch.randn(1, 3, 8, 8), dict(size=4, scale_factor=2)),
+        (torch.randn(1, 3, 8, 8), dict()),
+    ],
+)
 def test_bilinear_errors_like_interpolate(x, kw):
-    _same_error(lambda: fk.bilinear_upsample(x, **kw),
-                lambda: F.interpolate(x, mode="bilinear", **kw))
+    _same_error(
+        lambda: fk.bilinear_upsample(x, **kw), lambda: F.interpolate(x, mode="bilinear", **kw)
+    )
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -88,11 +96,14 @@ def test_max_unpool2d_unbatched():
     ours = fk.max_unpool2d(v, idx, 2, output_size=(9, 11))
     torch.testing.assert_close(ours, ref)
     g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(ours, v, g)[0],
-                               torch.autograd.grad(ref, v, g)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, v, g)[0], torch.autograd.grad(ref, v, g)[0]
+    )
     torch.testing.assert_close(fk.nn.MaxUnpool2d(2)(v, idx, output_size=[9, 11]), ref)
-    _same_error(lambda: fk.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])),
-                lambda: F.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])))
+    _same_error(
+        lambda: fk.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])),
+        lambda: F.max_unpool2d(v, idx, 2, output_size=torch.Size([3, 9, 11])),
+    )
 
 
 def test_bilinear_scale_factor_stays_symbolic_under_export():

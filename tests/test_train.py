@@ -1,4 +1,5 @@
 """fcn.training: loss, checkpoints (atomic, resume == uninterrupted), staged training, DDP."""
+
 import json
 import os
 import socket
@@ -7,11 +8,16 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fcn.training as T
 import fcn.training.loop
-from fcn.training import TrainConfig, load_training_checkpoint, save_checkpoint, segmentation_loss, train
+from fcn.training import (
+    TrainConfig,
+    load_training_checkpoint,
+    save_checkpoint,
+    segmentation_loss,
+    train,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="tiny", size=24, num_train=8, num_val=2, batch_size=4, quiet=True)
@@ -22,6 +28,7 @@ def test_segmentation_loss_by_hand():
     target = torch.tensor([[[0, 255]]])
     # one counted pixel, class 0 with logits (2, 0): -log(e^2 / (e^2 + 1))
     import math
+
     expect = -math.log(math.exp(2) / (math.exp(2) + 1))
     assert segmentation_loss(logits, target, "mean").item() == pytest.approx(expect)
     target = torch.tensor([[[0, 1]]])
@@ -29,8 +36,9 @@ def test_segmentation_loss_by_hand():
     assert segmentation_loss(logits, target, "mean").item() == pytest.approx((expect + second) / 2)
     # sum: per image (divided by the batch size only)
     two = torch.cat([logits, logits])
-    assert segmentation_loss(two, torch.cat([target, target]), "sum").item() == \
-        pytest.approx(expect + second)
+    assert segmentation_loss(two, torch.cat([target, target]), "sum").item() == pytest.approx(
+        expect + second
+    )
 
 
 def test_defaults_and_config_errors():
@@ -39,9 +47,15 @@ def test_defaults_and_config_errors():
     assert T.default_momentum("sum") == 0.99 and T.default_momentum("mean") == 0.9
     assert T.stages_for(TrainConfig(arch="fcn8s", staged=True)) == ["fcn32s", "fcn16s", "fcn8s"]
     assert T.stages_for(TrainConfig(arch="fcn16s")) == ["fcn16s"]
-    for bad, msg in [(dict(arch="fcn4s"), "arch"), (dict(backbone="resnet"), "backbone"),
-                     (dict(loss="l2"), "loss"), (dict(arch="fcn32s", staged=True), "staged"),
-                     (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(momentum=1.0), "momentum")]:
+    for bad, msg in [
+        (dict(arch="fcn4s"), "arch"),
+        (dict(backbone="resnet"), "backbone"),
+        (dict(loss="l2"), "loss"),
+        (dict(arch="fcn32s", staged=True), "staged"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(momentum=1.0), "momentum"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             TrainConfig(**bad).check()
 
@@ -52,6 +66,7 @@ def test_atomic_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     def crash(fd):
         raise OSError("disk full (simulated)")
+
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
@@ -120,6 +135,7 @@ def test_staged_resume_after_crash_in_second_stage(tmp_path, monkeypatch):
         if len(calls) == 3:  # 1 epoch x 2 steps of fcn32s, then boom
             raise RuntimeError("power cut (simulated)")
         return real_loss(*a, **k)
+
     monkeypatch.setattr(fcn.training.loop, "segmentation_loss", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
         train(TrainConfig(out=str(tmp_path / "b"), **cfg))
@@ -139,9 +155,17 @@ def test_staged_initialisation_copies_lower_stage(tmp_path):
     loaded, _ = T.build_from_checkpoint(str(tmp_path / "fcn32s" / "last.pt"))
     for k, v in m32.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
-    res = train(TrainConfig(arch="fcn16s", epochs=1, out=str(tmp_path),
-                            init_from=str(tmp_path / "fcn32s" / "last.pt"), lr=1e-30,
-                            weight_decay=0.0, **TINY))
+    res = train(
+        TrainConfig(
+            arch="fcn16s",
+            epochs=1,
+            out=str(tmp_path),
+            init_from=str(tmp_path / "fcn32s" / "last.pt"),
+            lr=1e-30,
+            weight_decay=0.0,
+            **TINY,
+        )
+    )
     s16 = res["fcn16s"]["model"].state_dict()
     shared = [k for k in m32.state_dict() if k in s16]
     assert "fc6.weight" in shared and "score_fr.weight" in shared and "upscore.weight" not in shared
@@ -159,17 +183,59 @@ def _free_port():
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     # 2 processes x batch 2 (DDP averages gradients) == 1 process x batch 4 on the same
     # images, with the per-image summed loss and no dropout (no per-rank randomness).
-    common = ["-m", "fcn", "train", "--arch", "fcn32s", "--size", "32", "--num-train", "8",
-              "--num-val", "4", "--epochs", "2", "--loss", "sum", "--lr", "1e-6",
-              "--no-dropout", "--device", "cpu", "--quiet"]
+    common = [
+        "-m",
+        "fcn",
+        "train",
+        "--arch",
+        "fcn32s",
+        "--size",
+        "32",
+        "--num-train",
+        "8",
+        "--num-val",
+        "4",
+        "--epochs",
+        "2",
+        "--loss",
+        "sum",
+        "--lr",
+        "1e-6",
+        "--no-dropout",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] + common +
-                         ["--batch-size", "2", "--out", str(tmp_path / "ddp")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+        ]
+        + common
+        + ["--batch-size", "2", "--out", str(tmp_path / "ddp")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "ddp" / "fcn32s" / "last.pt")
     b = load_training_checkpoint(tmp_path / "one" / "fcn32s" / "last.pt")
@@ -190,6 +256,7 @@ def test_fused_model_under_autocast_matches_aten():
     # conv_transpose2d does, so a fused model runs (and agrees with the ATen one) under
     # AMP without any hooks (checked here with CPU bfloat16 autocast).
     from fcn.models import build_model
+
     torch.manual_seed(0)
     m = build_model("fcn8s", backbone="tiny", num_classes=5).eval()
     with torch.no_grad():
@@ -197,6 +264,7 @@ def test_fused_model_under_autocast_matches_aten():
             getattr(m, name).weight.normal_(0, 0.1)
     x = torch.randn(1, 3, 32, 32)
     import copy
+
     ref = copy.deepcopy(m).double()(x.double())  # float64: the reference for both
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)
@@ -206,4 +274,3 @@ def test_fused_model_under_autocast_matches_aten():
     # Each low-precision result against float64, not against each other (ATen's own
     # bf16 path is the less accurate one on some CPUs).
     assert (y.double() - ref).abs().max() <= 0.05 * ref.abs().max()
-

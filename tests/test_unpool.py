@@ -1,5 +1,6 @@
 """fcn_kernels.max_unpool2d against F.max_unpool2d: values, gradients, layouts, dtypes,
 determinism, torch.compile/opcheck, every error path."""
+
 import os
 import random
 
@@ -16,15 +17,15 @@ ops = torch.ops.fcn_kernels
 # (input N, C, H, W; kernel_size; stride; padding; ceil_mode) of the max pooling whose
 # indices are unpooled. Odd sizes, ceil mode, stride != kernel (both ways), padding.
 POOLS = [
-    ((2, 3, 8, 8), 2, 2, 0, False),          # FCN/SegNet 2x2/2
-    ((2, 3, 9, 7), 2, 2, 0, True),           # odd sizes, ceil mode
-    ((1, 4, 11, 13), 2, 2, 1, True),         # padding + ceil
+    ((2, 3, 8, 8), 2, 2, 0, False),  # FCN/SegNet 2x2/2
+    ((2, 3, 9, 7), 2, 2, 0, True),  # odd sizes, ceil mode
+    ((1, 4, 11, 13), 2, 2, 1, True),  # padding + ceil
     ((2, 5, 10, 12), (2, 3), (3, 4), (1, 1), False),  # stride > kernel, non-square
-    ((1, 3, 13, 11), 3, 2, 1, True),         # overlapping windows (AlexNet-style 3x3/2)
-    ((2, 2, 9, 9), 3, 1, 1, False),          # heavily overlapping
+    ((1, 3, 13, 11), 3, 2, 1, True),  # overlapping windows (AlexNet-style 3x3/2)
+    ((2, 2, 9, 9), 3, 1, 1, False),  # heavily overlapping
     ((1, 2, 7, 10), (3, 2), (2, 2), (1, 0), True),
-    ((3, 1, 1, 5), 1, 1, 0, False),          # 1x1 windows, a single row
-    ((1, 70, 6, 6), 2, 2, 0, True),          # many channels (channels_last blocks)
+    ((3, 1, 1, 5), 1, 1, 0, False),  # 1x1 windows, a single row
+    ((1, 70, 6, 6), 2, 2, 0, True),  # many channels (channels_last blocks)
 ]
 POOL_IDS = [f"{s[0]}-k{s[1]}-s{s[2]}-p{s[3]}{'-ceil' if s[4] else ''}" for s in POOLS]
 
@@ -63,6 +64,7 @@ def assert_same(actual, expected):
 # Values against ATen
 # ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pool", POOLS, ids=POOL_IDS)
 def test_forward_matches_aten(pool, layout, dtype, device):
@@ -87,13 +89,15 @@ def test_backward_matches_aten(pool, dtype, device):
     y, i = pooled(shape, k, s, p, ceil, dtype, device)
     size = shape[-2:]
     for layout in LAYOUTS:
-        g = to_layout(torch.randn(y.shape[:2] + size, dtype=torch.float64).to(dtype).to(device),
-                      layout)
+        g = to_layout(
+            torch.randn(y.shape[:2] + size, dtype=torch.float64).to(dtype).to(device), layout
+        )
         yy = to_layout(y, layout).requires_grad_()
         (ours,) = torch.autograd.grad(fk.max_unpool2d(yy, i, k, s, p, output_size=size), yy, g)
         yc = y.cpu().requires_grad_()
-        (ref,) = torch.autograd.grad(F.max_unpool2d(yc, i.cpu(), k, s, p, output_size=size),
-                                     yc, g.cpu())
+        (ref,) = torch.autograd.grad(
+            F.max_unpool2d(yc, i.cpu(), k, s, p, output_size=size), yc, g.cpu()
+        )
         assert_same(ours, ref)
 
 
@@ -101,8 +105,11 @@ def test_backward_matches_aten(pool, dtype, device):
 # large-problem path (streaming stores, plus a prefetch of grad_output when its rows
 # are >= 256 bytes). float32: 128-wide rows (prefetch, 66 planes: tasks end mid-plane)
 # and 55-wide rows (none); float64: both prefetch; bfloat16: the ordinary path.
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
-                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.bfloat16],
+    ids=lambda d: str(d).replace("torch.", ""),
+)
 @pytest.mark.parametrize("shape, k", [((3, 22, 128, 128), 2), ((8, 64, 55, 55), 3)])
 def test_backward_large(shape, k, dtype, device):
     y, i = pooled(shape, k, 2, 0, False, dtype, device)
@@ -112,13 +119,14 @@ def test_backward_large(shape, k, dtype, device):
     yy = y.requires_grad_()
     (ours,) = torch.autograd.grad(fk.max_unpool2d(yy, i, k, 2, output_size=size), yy, g)
     yc = y.detach().cpu().requires_grad_()
-    (ref,) = torch.autograd.grad(F.max_unpool2d(yc, i.cpu(), k, 2, output_size=size), yc,
-                                 g.cpu())
+    (ref,) = torch.autograd.grad(F.max_unpool2d(yc, i.cpu(), k, 2, output_size=size), yc, g.cpu())
     assert_same(ours, ref)
     # Indices anywhere in the plane (the prefetch does not follow them): still exact.
     j = torch.randint(0, plane, i.shape).to(device)
-    assert_same(ops.max_unpool2d_backward(g, j, [k, k], [2, 2], [0, 0]),
-                g.cpu().flatten(2).gather(2, j.cpu().flatten(2)).view(j.shape))
+    assert_same(
+        ops.max_unpool2d_backward(g, j, [k, k], [2, 2], [0, 0]),
+        g.cpu().flatten(2).gather(2, j.cpu().flatten(2)).view(j.shape),
+    )
     # A bad index near the end still raises.
     n, c, h, w = i.shape
     j = i.clone()
@@ -133,9 +141,14 @@ def test_output_size_forms(output_size, k, s, p, device):
     y, i = pooled((2, 3, 9, 8), k, s, p, True, device=device)
     default = [(n - 1) * s + k - 2 * p for n in y.shape[-2:]]
     in_plane = torch.Size([9, 8])
-    size = {None: None, "2": tuple(in_plane), "4": (2, 3) + tuple(in_plane),
-            "size": torch.Size((2, 3)) + in_plane,
-            "min": [d - s + 1 for d in default], "max": [d + s - 1 for d in default]}[output_size]
+    size = {
+        None: None,
+        "2": tuple(in_plane),
+        "4": (2, 3) + tuple(in_plane),
+        "size": torch.Size((2, 3)) + in_plane,
+        "min": [d - s + 1 for d in default],
+        "max": [d + s - 1 for d in default],
+    }[output_size]
     if output_size in (None, "min", "max"):  # arbitrary valid indices for that size
         out_hw = default if size is None else size
         plane = out_hw[0] * out_hw[1]
@@ -160,6 +173,7 @@ def test_unbatched_and_empty_batch(device, dtype):
 # ---------------------------------------------------------------------------------
 # Arbitrary indices, duplicates, determinism
 # ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (2, 3, 1)])
@@ -215,8 +229,7 @@ def test_random_geometries(device):
                 with pytest.raises(IndexError, match="is out of range"):
                     fk.max_unpool2d(xd, idd, k, s, p, output_size=hw)
             else:
-                assert_same(fk.max_unpool2d(xd, idd, k, s, p, output_size=hw),
-                            reference(x, i, hw))
+                assert_same(fk.max_unpool2d(xd, idd, k, s, p, output_size=hw), reference(x, i, hw))
 
 
 def test_duplicates_same_everywhere(device):
@@ -227,8 +240,9 @@ def test_duplicates_same_everywhere(device):
     expected[:, :, 0, 0] = x[:, :, -1, -1]
     for layout in LAYOUTS:
         for _ in range(3):
-            out = fk.max_unpool2d(to_layout(x.to(device), layout),
-                                  to_layout(ind.to(device), layout), 2)
+            out = fk.max_unpool2d(
+                to_layout(x.to(device), layout), to_layout(ind.to(device), layout), 2
+            )
             assert_same(out, expected)
 
 
@@ -259,6 +273,7 @@ def test_deterministic_mode(device):
 # Autograd, opcheck, torch.compile, export, module
 # ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 3, 1), (2, 3, 0)])
 def test_gradcheck(k, s, p, device):
     # Disjoint windows: indices unique, so the gather is the exact derivative.
@@ -277,17 +292,20 @@ def test_double_backward_sums_duplicates(device):
     ind = ind.to(device)
     g = torch.randn(1, 2, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda t: ops.max_unpool2d_backward(t, ind, [2, 2], [2, 2], [0, 0]), (g,))
+        lambda t: ops.max_unpool2d_backward(t, ind, [2, 2], [2, 2], [0, 0]), (g,)
+    )
     assert torch.autograd.gradgradcheck(
-        lambda t: ops.max_unpool2d_backward(t, ind, [2, 2], [2, 2], [0, 0]), (g,))
+        lambda t: ops.max_unpool2d_backward(t, ind, [2, 2], [2, 2], [0, 0]), (g,)
+    )
     # and the gradients of ATen's composition
     xa = x.clone().requires_grad_()
     ga = torch.autograd.grad(F.max_unpool2d(xa, ind, 2), xa, g, create_graph=True)[0]
     xo = x.clone().requires_grad_()
     go = torch.autograd.grad(fk.max_unpool2d(xo, ind, 2), xo, g, create_graph=True)[0]
     w = torch.randn_like(ga)
-    assert_same(torch.autograd.grad((go * w).sum(), g)[0],
-                torch.autograd.grad((ga * w).sum(), g)[0])
+    assert_same(
+        torch.autograd.grad((go * w).sum(), g)[0], torch.autograd.grad((ga * w).sum(), g)[0]
+    )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -297,8 +315,9 @@ def test_opcheck(layout, device):
     y.requires_grad_()
     torch.library.opcheck(ops.max_unpool2d, (y, i, [2, 2], [2, 2], [0, 0], [8, 9]))
     y3, i3 = pooled((1, 2, 9, 9), 3, 2, 1, False, device=device)
-    torch.library.opcheck(ops.max_unpool2d, (y3.requires_grad_(), i3, [3, 3], [2, 2], [1, 1],
-                                             [9, 9]))
+    torch.library.opcheck(
+        ops.max_unpool2d, (y3.requires_grad_(), i3, [3, 3], [2, 2], [1, 1], [9, 9])
+    )
     g = to_layout(torch.randn(2, 3, 8, 9, device=device), layout).requires_grad_()
     torch.library.opcheck(ops.max_unpool2d_backward, (g, i, [2, 2], [2, 2], [0, 0]))
     torch.library.opcheck(ops.max_unpool2d_backward, (g, i, [2, 2], [2, 2], [0, 0], False))
@@ -319,8 +338,9 @@ def test_torch_compile(dynamic, device):
         out_c, out_e = compiled(a, i), f(b, i)
         torch.testing.assert_close(out_c, out_e)
         g = torch.randn_like(out_e)
-        torch.testing.assert_close(torch.autograd.grad(out_c, a, g)[0],
-                                   torch.autograd.grad(out_e, b, g)[0])
+        torch.testing.assert_close(
+            torch.autograd.grad(out_c, a, g)[0], torch.autograd.grad(out_e, b, g)[0]
+        )
 
 
 def test_export():
@@ -337,18 +357,20 @@ def test_module_is_drop_in(device):
     ref = torch.nn.MaxUnpool2d(3, stride=2, padding=1)
     mod = fk.nn.MaxUnpool2d(3, stride=2, padding=1)
     assert isinstance(mod, torch.nn.MaxUnpool2d) and repr(mod) == repr(ref)
-    assert (mod.kernel_size, mod.stride, mod.padding) == (ref.kernel_size, ref.stride,
-                                                          ref.padding)
+    assert (mod.kernel_size, mod.stride, mod.padding) == (ref.kernel_size, ref.stride, ref.padding)
     y, i = pooled((2, 3, 10, 9), 3, 2, 1, True, device=device)
     assert_same(mod(y, i, output_size=(10, 9)), ref(y.cpu(), i.cpu(), output_size=(10, 9)))
     assert_same(mod(y, i), ref(y.cpu(), i.cpu()))
-    assert_same(fk.nn.MaxUnpool2d(2)(*pooled((1, 1, 4, 4), 2, 2, 0, False, device=device)),
-                torch.nn.MaxUnpool2d(2)(*pooled((1, 1, 4, 4), 2, 2, 0, False)))
+    assert_same(
+        fk.nn.MaxUnpool2d(2)(*pooled((1, 1, 4, 4), 2, 2, 0, False, device=device)),
+        torch.nn.MaxUnpool2d(2)(*pooled((1, 1, 4, 4), 2, 2, 0, False)),
+    )
 
 
 # ---------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------
+
 
 def test_argument_errors():
     y, i = pooled((1, 2, 4, 4), 2, 2, 0, False)
@@ -388,21 +410,32 @@ def test_op_level_errors():
     y, i = pooled((1, 2, 4, 4), 2, 2, 0, False)
     k = [2, 2]
     cases = [
-        (lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4]), ValueError,
-         r"invalid output_size \(6, 4\): dim 0 must be strictly between"),
-        (lambda: ops.max_unpool2d(y, i, [0, 2], k, [0, 0], [4, 4]), ValueError,
-         "kernel_size must be positive"),
+        (
+            lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4]),
+            ValueError,
+            r"invalid output_size \(6, 4\): dim 0 must be strictly between",
+        ),
+        (
+            lambda: ops.max_unpool2d(y, i, [0, 2], k, [0, 0], [4, 4]),
+            ValueError,
+            "kernel_size must be positive",
+        ),
         (lambda: ops.max_unpool2d(y, i, k, k, [0, -1], [4, 4]), ValueError, "padding"),
-        (lambda: ops.max_unpool2d(y, i, k, [2 ** 40, 2], [0, 0], [4, 4]), ValueError, "2\\^31"),
+        (lambda: ops.max_unpool2d(y, i, k, [2**40, 2], [0, 0], [4, 4]), ValueError, "2\\^31"),
         (lambda: ops.max_unpool2d(y, i.int(), k, k, [0, 0], [4, 4]), TypeError, "int64"),
         (lambda: ops.max_unpool2d(y.long(), i, k, k, [0, 0], [4, 4]), TypeError, "float32"),
         (lambda: ops.max_unpool2d(y[0], i[0], k, k, [0, 0], [4, 4]), ValueError, "4-D"),
-        (lambda: ops.max_unpool2d(y, i[:, :1], k, k, [0, 0], [4, 4]), ValueError,
-         "shape of input"),
-        (lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 4, 4), i[:, :1], k, k, [0, 0]),
-         ValueError, "batch and channels"),
-        (lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 9, 4), i, k, k, [0, 0]),
-         ValueError, "invalid output_size"),
+        (lambda: ops.max_unpool2d(y, i[:, :1], k, k, [0, 0], [4, 4]), ValueError, "shape of input"),
+        (
+            lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 4, 4), i[:, :1], k, k, [0, 0]),
+            ValueError,
+            "batch and channels",
+        ),
+        (
+            lambda: ops.max_unpool2d_backward(torch.randn(1, 2, 9, 4), i, k, k, [0, 0]),
+            ValueError,
+            "invalid output_size",
+        ),
     ]
     for f, exc, msg in cases:
         with pytest.raises(exc, match=msg):
@@ -410,22 +443,34 @@ def test_op_level_errors():
     # The wrapper only normalises arguments: for the same bad value it raises what the
     # direct call raises, from the same C++ check.
     for wrapped, direct in [
-            (lambda: fk.max_unpool2d(y, i, 2, output_size=(6, 4)),
-             lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4])),
-            (lambda: fk.max_unpool2d(y, i.int(), 2), lambda: ops.max_unpool2d(y, i.int(), k, k, [0, 0], [4, 4])),
-            (lambda: fk.max_unpool2d(y, i, 2, padding=-1), lambda: ops.max_unpool2d(y, i, k, k, [-1, -1], [4, 4]))]:
+        (
+            lambda: fk.max_unpool2d(y, i, 2, output_size=(6, 4)),
+            lambda: ops.max_unpool2d(y, i, k, k, [0, 0], [6, 4]),
+        ),
+        (
+            lambda: fk.max_unpool2d(y, i.int(), 2),
+            lambda: ops.max_unpool2d(y, i.int(), k, k, [0, 0], [4, 4]),
+        ),
+        (
+            lambda: fk.max_unpool2d(y, i, 2, padding=-1),
+            lambda: ops.max_unpool2d(y, i, k, k, [-1, -1], [4, 4]),
+        ),
+    ]:
         with pytest.raises(Exception) as a:
             wrapped()
         with pytest.raises(Exception) as b:
             direct()
-        assert type(a.value) is type(b.value) and str(a.value).splitlines()[0] == str(b.value).splitlines()[0]
+        assert (
+            type(a.value) is type(b.value)
+            and str(a.value).splitlines()[0] == str(b.value).splitlines()[0]
+        )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 2)])
 def test_out_of_range_indices(k, s, layout, device):
     y, i = pooled((2, 3, 8, 8), k, s, 0, False, device=device)
-    for value in (64, -1, 10 ** 12):
+    for value in (64, -1, 10**12):
         j = i.clone()
         j[1, 2, 2, 1] = value
         j[1, 2, 2, 2] = value  # the first bad entry is reported
@@ -445,8 +490,10 @@ def test_out_of_range_indices(k, s, layout, device):
             gx = ops.max_unpool2d_backward(g, j, [k, k], [s, s], [0, 0], False)
             assert gx[1, 2, 2, 1].item() == 0 and gx[1, 2, 2, 2].item() == 0
     # No device-side assert: the device is still usable afterwards.
-    assert_same(fk.max_unpool2d(y, i, k, s, output_size=(8, 8)),
-                F.max_unpool2d(y.cpu(), i.cpu(), k, s, output_size=(8, 8)))
+    assert_same(
+        fk.max_unpool2d(y, i, k, s, output_size=(8, 8)),
+        F.max_unpool2d(y.cpu(), i.cpu(), k, s, output_size=(8, 8)),
+    )
 
 
 @requires_cuda
@@ -462,9 +509,12 @@ def test_device_mismatch():
 # 64-bit index math (several GiB: opt in with FCN_KERNELS_LARGE_TESTS=1)
 # ---------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("FCN_KERNELS_LARGE_TESTS") != "1",
-                    reason="needs ~11 GiB; set FCN_KERNELS_LARGE_TESTS=1")
+@pytest.mark.skipif(
+    os.environ.get("FCN_KERNELS_LARGE_TESTS") != "1",
+    reason="needs ~11 GiB; set FCN_KERNELS_LARGE_TESTS=1",
+)
 def test_plane_over_2_31(device):
     # One 46342x46342 plane (2^31 + 96k elements) unpooled 2x2/2 from 23171x23171. Each
     # input goes to the bottom-right of its window, except two moved to the top-left.
@@ -477,10 +527,10 @@ def test_plane_over_2_31(device):
     ind[0, 0, -1, -1] = (2 * h) ** 2 - 2 * h - 2
     out = fk.max_unpool2d(x, ind, 2)
     flat = out.view(-1)
-    assert flat.numel() > 2 ** 31
+    assert flat.numel() > 2**31
     some = torch.tensor([0, 1, h * h // 2, h * h - 2, h * h - 1], device=device)
     assert torch.equal(flat[ind.view(-1)[some]], x.view(-1)[some])
     assert flat[(2 * h) ** 2 - 1].item() == 0 and flat[2 * h + 1].item() == 0
-    assert sum(int(torch.count_nonzero(part)) for part in flat.split(2 ** 28)) == h * h
+    assert sum(int(torch.count_nonzero(part)) for part in flat.split(2**28)) == h * h
     # backward gathers every value back from where it went
     assert torch.equal(ops.max_unpool2d_backward(out, ind, [2, 2], [2, 2], [0, 0]), x)

@@ -1,6 +1,7 @@
 """max_unpool2d's GPU code paths (run on CUDA, or emulated on the CPU: the "emu"
 device): fast (window-local) and general paths, int32 and int64 index math, CUDA-graph
 capture (no host sync), grad_output of any strides, grids that loop over planes."""
+
 import contextlib
 
 import pytest
@@ -25,13 +26,19 @@ def reference_valid(x, indices, out_hw):
     forward computes: it cannot raise)."""
     plane = out_hw[0] * out_hw[1]
     ok = (indices >= 0) & (indices < plane)
-    wide = reference(torch.where(ok, x, torch.zeros((), dtype=x.dtype)),
-                     torch.where(ok, indices, plane).cpu(), (1, plane + 1))
+    wide = reference(
+        torch.where(ok, x, torch.zeros((), dtype=x.dtype)),
+        torch.where(ok, indices, plane).cpu(),
+        (1, plane + 1),
+    )
     return wide.flatten(2)[..., :plane].reshape(*x.shape[:2], *out_hw)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64],
-                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float16, torch.float32, torch.float64],
+    ids=lambda d: str(d).replace("torch.", ""),
+)
 def test_int64_index_kernels(dtype, device):
     # index32_limit(16) makes every kernel take its int64 variant; the winner buffer is
     # then in place in the output for 8-byte elements, a scratch buffer otherwise (and
@@ -52,8 +59,9 @@ def test_int64_index_kernels(dtype, device):
         for layout in ("contiguous", "channels_last"):
             yy, ii = to_layout(y, layout), to_layout(i, layout)
             out32 = fk.max_unpool2d(yy, ii, k, s, p, output_size=(11, 9))
-            g = to_layout(torch.randn(out32.shape, dtype=torch.float64).to(dtype).to(device),
-                          layout)
+            g = to_layout(
+                torch.randn(out32.shape, dtype=torch.float64).to(dtype).to(device), layout
+            )
             gx32 = ops.max_unpool2d_backward(g, ii, [k, k], [s, s], [p, p])
             with index32_limit(16):
                 out64 = fk.max_unpool2d(yy, ii, k, s, p, output_size=(11, 9))
@@ -67,14 +75,15 @@ def test_int64_index_kernels(dtype, device):
             assert_same(out64, out32)
             assert_same(out64, reference(y, i, (11, 9)))
             if aten:
-                assert_same(out64, F.max_unpool2d(y.cpu(), i.cpu(), k, s, p,
-                                                  output_size=(11, 9)))
+                assert_same(out64, F.max_unpool2d(y.cpu(), i.cpu(), k, s, p, output_size=(11, 9)))
             assert_same(gx64, gx32)
             assert_same(gx64, g.cpu().flatten(2).gather(2, i.cpu().flatten(2)).view(i.shape))
 
 
-@pytest.mark.parametrize("k, s, p, hw", [(2, 2, 0, (6, 5)), (2, 3, 1, (7, 8)),
-                                         ((3, 2), (4, 3), (1, 1), (9, 7)), (1, 2, 0, (3, 4))])
+@pytest.mark.parametrize(
+    "k, s, p, hw",
+    [(2, 2, 0, (6, 5)), (2, 3, 1, (7, 8)), ((3, 2), (4, 3), (1, 1), (9, 7)), (1, 2, 0, (3, 4))],
+)
 def test_fast_path_window_check(k, s, p, hw, device):
     # Geometries where the fast path applies (disjoint windows, some cut by padding or
     # the output's edge). For every input j and output o, one call with max-pool
@@ -91,8 +100,9 @@ def test_fast_path_window_check(k, s, p, hw, device):
                 ind = i.clone()
                 ind[0, 1].view(-1)[j] = o
                 xd, idd = to_layout(x.to(device), layout), to_layout(ind.to(device), layout)
-                assert_same(fk.max_unpool2d(xd, idd, k, s, p, output_size=hw),
-                            reference(x, ind, hw))
+                assert_same(
+                    fk.max_unpool2d(xd, idd, k, s, p, output_size=hw), reference(x, ind, hw)
+                )
 
 
 def test_general_path_paths(device):
@@ -109,9 +119,12 @@ def test_general_path_paths(device):
                 j = torch.randint(0, 90, i.shape, generator=torch.Generator().manual_seed(5))
                 j = j.to(device)
             for layout in ("contiguous", "channels_last"):
-                assert_same(fk.max_unpool2d(to_layout(y, layout), to_layout(j, layout), k, s,
-                                            p, output_size=(9, 10)),
-                            reference(y, j, (9, 10)))
+                assert_same(
+                    fk.max_unpool2d(
+                        to_layout(y, layout), to_layout(j, layout), k, s, p, output_size=(9, 10)
+                    ),
+                    reference(y, j, (9, 10)),
+                )
 
 
 def test_capture_no_sync(device):
@@ -125,17 +138,22 @@ def test_capture_no_sync(device):
         y, i = pooled((2, 3, 8, 8), k, s, 0, False, device=device)
         g = torch.randn(2, 3, 8, 8, device=device)
         for layout in ("contiguous", "channels_last"):
-            ok_out = fk.max_unpool2d(to_layout(y, layout), to_layout(i, layout), k, s,
-                                     output_size=(8, 8))
+            ok_out = fk.max_unpool2d(
+                to_layout(y, layout), to_layout(i, layout), k, s, output_size=(8, 8)
+            )
             j = i.clone()
             j[0, 0, 0, 0] = -1
             j[1, 2, 2, 1] = 64
-            j[1, 1, 1, 1] = 10 ** 12
+            j[1, 1, 1, 1] = 10**12
             j[0, 1, 2, 2] = 0  # valid, not in its window
             yy, jj, gg = to_layout(y, layout), to_layout(j, layout), to_layout(g, layout)
             with emulated_capture():
-                assert_same(fk.max_unpool2d(to_layout(y, layout), to_layout(i, layout), k, s,
-                                            output_size=(8, 8)), ok_out)
+                assert_same(
+                    fk.max_unpool2d(
+                        to_layout(y, layout), to_layout(i, layout), k, s, output_size=(8, 8)
+                    ),
+                    ok_out,
+                )
                 out = fk.max_unpool2d(yy, jj, k, s, output_size=(8, 8))
                 gx = ops.max_unpool2d_backward(gg, jj, [k, k], [s, s], [0, 0])
             assert_same(out, reference_valid(y, j, (8, 8)))
@@ -157,13 +175,20 @@ def test_many_planes(device):
     for layout in ("contiguous", "channels_last"):
         yy = to_layout(y, layout)
         for ind in (i, j):
-            assert_same(fk.max_unpool2d(yy, to_layout(ind, layout), 2, output_size=(4, 6)),
-                        F.max_unpool2d(y.cpu(), ind.cpu(), 2, output_size=(4, 6)))
-        for gg in (to_layout(g, layout), g[:1, :1, :1, :1].expand(g.shape),
-                   g[:, :1].expand(g.shape)):
+            assert_same(
+                fk.max_unpool2d(yy, to_layout(ind, layout), 2, output_size=(4, 6)),
+                F.max_unpool2d(y.cpu(), ind.cpu(), 2, output_size=(4, 6)),
+            )
+        for gg in (
+            to_layout(g, layout),
+            g[:1, :1, :1, :1].expand(g.shape),
+            g[:, :1].expand(g.shape),
+        ):
             ii = to_layout(i, layout)
-            assert_same(ops.max_unpool2d_backward(gg, ii, [2, 2], [2, 2], [0, 0]),
-                        gg.cpu().flatten(2).gather(2, i.cpu().flatten(2)).view(i.shape))
+            assert_same(
+                ops.max_unpool2d_backward(gg, ii, [2, 2], [2, 2], [0, 0]),
+                gg.cpu().flatten(2).gather(2, i.cpu().flatten(2)).view(i.shape),
+            )
 
 
 def strided_grads(shape, dtype, device):
@@ -172,12 +197,12 @@ def strided_grads(shape, dtype, device):
     n, c, h, w = shape
     r = lambda *s: torch.randn(*s, dtype=torch.float64).to(dtype).to(device)  # noqa: E731
     return {
-        "expanded": r(1).expand(shape),                      # y.sum().backward()
+        "expanded": r(1).expand(shape),  # y.sum().backward()
         "expanded_c": r(1, c, 1, 1).expand(shape),
-        "expanded_w": r(n, c, h, 1).expand(shape),           # plane not flat: copied
+        "expanded_w": r(n, c, h, 1).expand(shape),  # plane not flat: copied
         "every_other_col": r(n, c, h, 2 * w)[..., ::2],
-        "crop": r(n, c, h + 3, w + 2)[..., 1:-2, 2:],        # plane not flat: copied
-        "transposed": r(n, c, w, h).transpose(2, 3),         # plane not flat: copied
+        "crop": r(n, c, h + 3, w + 2)[..., 1:-2, 2:],  # plane not flat: copied
+        "transposed": r(n, c, w, h).transpose(2, 3),  # plane not flat: copied
         "channels_last": r(shape).contiguous(memory_format=torch.channels_last),
         "channels_last_view": r(n, h, w, 2 * c).permute(0, 3, 1, 2)[:, ::2],
         "batch_slice": r(2 * n, c, h, w)[::2],
@@ -199,8 +224,9 @@ def test_backward_strided_grad_output(layout, int64, device):
             (ours,) = torch.autograd.grad(out, yy, g)
             direct = ops.max_unpool2d_backward(g, i, [3, 3], [2, 2], [1, 1])
         yc = y.detach().cpu().requires_grad_()
-        (ref,) = torch.autograd.grad(F.max_unpool2d(yc, i.cpu(), 3, 2, 1, output_size=(9, 7)),
-                                     yc, g.cpu())
+        (ref,) = torch.autograd.grad(
+            F.max_unpool2d(yc, i.cpu(), 3, 2, 1, output_size=(9, 7)), yc, g.cpu()
+        )
         assert_same(ours, ref), name
         assert_same(direct, ref), name
     yy = y.clone().requires_grad_()

@@ -86,28 +86,25 @@ FK_HD acc_t linear_weight(const LinearTap<acc_t>& t, int64_t i) {
   return w;
 }
 
-inline void check_bilinear(const at::Tensor& x, at::IntArrayRef output_size,
-                           const char* name) {
+inline void check_bilinear(const at::Tensor& x, at::IntArrayRef output_size, const char* name) {
   check_float4d(x, name);
   TORCH_CHECK_VALUE(output_size.size() == 2, "output_size must have 2 elements");
-  TORCH_CHECK_VALUE(output_size[0] > 0 && output_size[1] > 0,
-                    "output_size must be positive, got ", output_size);
+  TORCH_CHECK_VALUE(output_size[0] > 0 && output_size[1] > 0, "output_size must be positive, got ",
+                    output_size);
   TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, name,
                     " must have non-empty spatial dimensions, got ", x.sizes());
   constexpr int64_t lim = int64_t(1) << 31;  // the GPU kernels index rows/columns in int
-  TORCH_CHECK_VALUE(x.size(2) < lim && x.size(3) < lim && output_size[0] < lim &&
-                        output_size[1] < lim,
-                    "bilinear_upsample: spatial sizes must be below 2^31, got ", x.sizes(),
-                    " -> ", output_size);
+  TORCH_CHECK_VALUE(
+      x.size(2) < lim && x.size(3) < lim && output_size[0] < lim && output_size[1] < lim,
+      "bilinear_upsample: spatial sizes must be below 2^31, got ", x.sizes(), " -> ", output_size);
 }
 
 inline void check_bilinear_backward(const at::Tensor& grad_output, at::IntArrayRef input_size) {
   TORCH_CHECK_VALUE(input_size.size() == 4, "input_size must have 4 elements");
   check_bilinear(grad_output, {input_size[2], input_size[3]}, "grad_output");
-  TORCH_CHECK_VALUE(
-      grad_output.size(0) == input_size[0] && grad_output.size(1) == input_size[1],
-      "grad_output batch/channels ", grad_output.sizes(), " do not match input_size ",
-      input_size);
+  TORCH_CHECK_VALUE(grad_output.size(0) == input_size[0] && grad_output.size(1) == input_size[1],
+                    "grad_output batch/channels ", grad_output.sizes(), " do not match input_size ",
+                    input_size);
 }
 
 }  // namespace fcn_kernels

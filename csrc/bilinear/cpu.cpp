@@ -65,12 +65,13 @@ at::Tensor bilinear_upsample_cpu(const at::Tensor& self, at::IntArrayRef output_
   at::Tensor y = at::empty({x.size(0), x.size(1), OH, OW}, x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
   const auto [P, V] = planes_and_vec(x, fmt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_upsample_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    separable_apply<scalar_t>(x, y, P, V,
-                    forward_map<acc_t>(x.size(2), OH, align_corners, scale_h.value_or(-1.0)),
-                    forward_map<acc_t>(x.size(3), OW, align_corners, scale_w.value_or(-1.0)));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_upsample_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        separable_apply<scalar_t>(
+            x, y, P, V, forward_map<acc_t>(x.size(2), OH, align_corners, scale_h.value_or(-1.0)),
+            forward_map<acc_t>(x.size(3), OW, align_corners, scale_w.value_or(-1.0)));
+      });
   return y;
 }
 
@@ -99,27 +100,28 @@ void backward_plane_constant(const at::Tensor& grad_output, at::Tensor& gx, bool
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();  // contiguous NCHW
   at::parallel_for(0, gx.size(0) * C, std::max<int64_t>(1, 32768 / (IH * IW)),
                    [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const acc_t val = static_cast<acc_t>(vp[(p / C) * vs0 + (p % C) * vs1]);
-      scalar_t* o = out + p * IH * IW;
-      for (int64_t i = 0; i < IH; ++i) {
-        const acc_t a = val * rh[i];
-        for (int64_t j = 0; j < IW; ++j) o[i * IW + j] = static_cast<scalar_t>(a * rw[j]);
-      }
-    }
-  });
+                     for (int64_t p = p0; p < p1; ++p) {
+                       const acc_t val = static_cast<acc_t>(vp[(p / C) * vs0 + (p % C) * vs1]);
+                       scalar_t* o = out + p * IH * IW;
+                       for (int64_t i = 0; i < IH; ++i) {
+                         const acc_t a = val * rh[i];
+                         for (int64_t j = 0; j < IW; ++j)
+                           o[i * IW + j] = static_cast<scalar_t>(a * rw[j]);
+                       }
+                     }
+                   });
 }
 
-at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output,
-                                          at::IntArrayRef input_size, bool align_corners,
-                                          std::optional<double> scale_h,
+at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                                          bool align_corners, std::optional<double> scale_h,
                                           std::optional<double> scale_w) {
   check_bilinear_backward(grad_output, input_size);
   if (is_plane_constant(grad_output)) {
     at::Tensor gx = at::empty(input_size, grad_output.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "bilinear_backward_const_cpu", [&] {
-      backward_plane_constant<scalar_t>(grad_output, gx, align_corners, scale_h, scale_w);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, gx.scalar_type(), "bilinear_backward_const_cpu", [&] {
+          backward_plane_constant<scalar_t>(grad_output, gx, align_corners, scale_h, scale_w);
+        });
     return gx;
   }
   // Any other layout is copied to the working layout (as ATen's CPU backward does).
@@ -128,12 +130,14 @@ at::Tensor bilinear_upsample_backward_cpu(const at::Tensor& grad_output,
   at::Tensor gx = at::empty(input_size, g.options().memory_format(fmt));
   if (gx.numel() == 0) return gx;
   const auto [P, V] = planes_and_vec(g, fmt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_upsample_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    separable_apply<scalar_t>(g, gx, P, V,
-                    backward_map<acc_t>(input_size[2], g.size(2), align_corners, scale_h.value_or(-1.0)),
-                    backward_map<acc_t>(input_size[3], g.size(3), align_corners, scale_w.value_or(-1.0)));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_upsample_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        separable_apply<scalar_t>(
+            g, gx, P, V,
+            backward_map<acc_t>(input_size[2], g.size(2), align_corners, scale_h.value_or(-1.0)),
+            backward_map<acc_t>(input_size[3], g.size(3), align_corners, scale_w.value_or(-1.0)));
+      });
   return gx;
 }
 

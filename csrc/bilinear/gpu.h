@@ -72,10 +72,10 @@ struct Forward {
       const index_t o = index_t(oh) * row + j;
       for (int p = t.block.z; p < P; p += t.grid.z) {
         const scalar_t* xp = x + p * in_plane;
-        const acc_t top = tw.l0 * static_cast<acc_t>(xp[r0 + w0]) +
-                          tw.l1 * static_cast<acc_t>(xp[r0 + w1]);
-        const acc_t bot = tw.l0 * static_cast<acc_t>(xp[r1 + w0]) +
-                          tw.l1 * static_cast<acc_t>(xp[r1 + w1]);
+        const acc_t top =
+            tw.l0 * static_cast<acc_t>(xp[r0 + w0]) + tw.l1 * static_cast<acc_t>(xp[r0 + w1]);
+        const acc_t bot =
+            tw.l0 * static_cast<acc_t>(xp[r1 + w0]) + tw.l1 * static_cast<acc_t>(xp[r1 + w1]);
         y[p * out_plane + o] = static_cast<scalar_t>(th.l0 * top + th.l1 * bot);
       }
     }
@@ -204,19 +204,17 @@ at::Tensor forward(const at::Tensor& self, at::IntArrayRef output_size, bool ali
     with_index_type(fits_int32({x.numel(), y.numel()}), [&](auto index_zero) {
       using index_t = decltype(index_zero);
       L::launch("bilinear_upsample", grid, Dim{kThreads}, 0,
-                Forward<scalar_t, index_t>{x.const_data_ptr<scalar_t>(),
-                                           y.mutable_data_ptr<scalar_t>(), IH, IW, OH, OW,
-                                           static_cast<int>(V), static_cast<int>(P), rh, rw,
-                                           align_corners});
+                Forward<scalar_t, index_t>{
+                    x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), IH, IW, OH, OW,
+                    static_cast<int>(V), static_cast<int>(P), rh, rw, align_corners});
     });
   });
   return y;
 }
 
 template <typename L>
-at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
-                    bool align_corners, std::optional<double> scale_h,
-                    std::optional<double> scale_w) {
+at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, bool align_corners,
+                    std::optional<double> scale_h, std::optional<double> scale_w) {
   check_bilinear_backward(grad_output, input_size);
   typename L::Guard guard(grad_output.device());
   const auto fmt = layout_of(grad_output);
@@ -228,45 +226,46 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size,
   const int C = g.size(1);
   TORCH_CHECK_VALUE(int64_t(OW) * V < (int64_t(1) << 31) && P < (int64_t(1) << 31),
                     "bilinear_upsample_backward: a row or the plane count exceeds 2^31");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_backward_gpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
-    const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
-    // One int32 buffer: lo/hi of both axes, then the taps of both axes.
-    static_assert(sizeof(LinearTap<acc_t, int>) % sizeof(int) == 0, "tap layout");
-    const int64_t tap_ints = sizeof(LinearTap<acc_t, int>) / sizeof(int);
-    const int64_t n_ranges = 2 * (IH + IW), n_taps = OH + OW;
-    at::Tensor table = at::empty({n_ranges + n_taps * tap_ints + tap_ints},
-                                 g.options().dtype(at::kInt));
-    int* base = table.mutable_data_ptr<int>();
-    // Taps start at an offset aligned for acc_t (double taps need 8 bytes).
-    int64_t tap_offset = n_ranges;
-    tap_offset += (tap_offset * sizeof(int)) % alignof(LinearTap<acc_t, int>) ? 1 : 0;
-    auto* taps = reinterpret_cast<LinearTap<acc_t, int>*>(base + tap_offset);
-    const AxisTable<acc_t> th{base, base + IH, taps};
-    const AxisTable<acc_t> tw{base + 2 * IH, base + 2 * IH + IW, taps + OH};
-    L::launch("bilinear_backward_tables", Dim{ceil_div_u32(IH + IW + OH + OW, kThreads)},
-              Dim{kThreads}, 0, Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
-    at::Tensor rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
-    const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
-    const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
-    // g's furthest element offset bounds its index type (strides may be anything).
-    int64_t g_span = 1;
-    for (int d = 0; d < 4; ++d) g_span += (g.size(d) - 1) * std::abs(g.stride(d));
-    with_index_type(fits_int32({g_span, rows.numel(), gx.numel()}), [&](auto index_zero) {
-      using index_t = decltype(index_zero);
-      L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
-                BackwardRows<scalar_t, index_t>{
-                    g.const_data_ptr<scalar_t>(), rows.mutable_data_ptr<acc_t>(), th, IH, OH,
-                    OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
-                    index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
-      L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
-                BackwardCols<scalar_t, index_t>{rows.const_data_ptr<acc_t>(),
-                                                gx.mutable_data_ptr<scalar_t>(), tw, IH, IW,
-                                                OW, static_cast<int>(V), static_cast<int>(P)});
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, g.scalar_type(), "bilinear_backward_gpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+        const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
+        const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
+        // One int32 buffer: lo/hi of both axes, then the taps of both axes.
+        static_assert(sizeof(LinearTap<acc_t, int>) % sizeof(int) == 0, "tap layout");
+        const int64_t tap_ints = sizeof(LinearTap<acc_t, int>) / sizeof(int);
+        const int64_t n_ranges = 2 * (IH + IW), n_taps = OH + OW;
+        at::Tensor table =
+            at::empty({n_ranges + n_taps * tap_ints + tap_ints}, g.options().dtype(at::kInt));
+        int* base = table.mutable_data_ptr<int>();
+        // Taps start at an offset aligned for acc_t (double taps need 8 bytes).
+        int64_t tap_offset = n_ranges;
+        tap_offset += (tap_offset * sizeof(int)) % alignof(LinearTap<acc_t, int>) ? 1 : 0;
+        auto* taps = reinterpret_cast<LinearTap<acc_t, int>*>(base + tap_offset);
+        const AxisTable<acc_t> th{base, base + IH, taps};
+        const AxisTable<acc_t> tw{base + 2 * IH, base + 2 * IH + IW, taps + OH};
+        L::launch("bilinear_backward_tables", Dim{ceil_div_u32(IH + IW + OH + OW, kThreads)},
+                  Dim{kThreads}, 0, Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
+        at::Tensor rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
+        const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
+        const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
+        // g's furthest element offset bounds its index type (strides may be anything).
+        int64_t g_span = 1;
+        for (int d = 0; d < 4; ++d) g_span += (g.size(d) - 1) * std::abs(g.stride(d));
+        with_index_type(fits_int32({g_span, rows.numel(), gx.numel()}), [&](auto index_zero) {
+          using index_t = decltype(index_zero);
+          L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
+                    BackwardRows<scalar_t, index_t>{
+                        g.const_data_ptr<scalar_t>(), rows.mutable_data_ptr<acc_t>(), th, IH, OH,
+                        OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
+                        index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
+          L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
+                    BackwardCols<scalar_t, index_t>{rows.const_data_ptr<acc_t>(),
+                                                    gx.mutable_data_ptr<scalar_t>(), tw, IH, IW, OW,
+                                                    static_cast<int>(V), static_cast<int>(P)});
+        });
+      });
   return gx;
 }
 

@@ -18,6 +18,8 @@ inline bool is_plane_constant(const at::Tensor& t) {
 }
 
 // The (N, C) values of a plane-constant tensor (a strided view, no copy).
-inline at::Tensor plane_values(const at::Tensor& t) { return t.select(3, 0).select(2, 0); }
+inline at::Tensor plane_values(const at::Tensor& t) {
+  return t.select(3, 0).select(2, 0);
+}
 
 }  // namespace fcn_kernels

@@ -41,34 +41,35 @@ inline Isa cpu_isa() {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FK_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
-#define FK_TARGET_AVX512                                                                 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt," \
-                        "prefer-vector-width=512")))
+#define FK_TARGET_AVX512                                                         \
+  __attribute__((                                                                \
+      target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt," \
+             "prefer-vector-width=512")))
 // NAME_isa<T...>(args...) == NAME<T...>(args...), compiled for the CPU's best ISA.
-#define FK_MULTI_ISA(NAME)                                                           \
-  template <typename... Ts, typename... A>                                           \
-  FK_TARGET_AVX512 auto NAME##_avx512(A&&... a) {                                    \
-    return NAME<Ts...>(std::forward<A>(a)...);                                       \
-  }                                                                                  \
-  template <typename... Ts, typename... A>                                           \
-  FK_TARGET_AVX2 auto NAME##_avx2(A&&... a) {                                        \
-    return NAME<Ts...>(std::forward<A>(a)...);                                       \
-  }                                                                                  \
-  template <typename... Ts, typename... A>                                           \
-  auto NAME##_isa(A&&... a) {                                                        \
-    switch (::fcn_kernels::cpu_isa()) {                                              \
-      case ::fcn_kernels::Isa::kAvx512:                                              \
-        return NAME##_avx512<Ts...>(std::forward<A>(a)...);                          \
-      case ::fcn_kernels::Isa::kAvx2:                                                \
-        return NAME##_avx2<Ts...>(std::forward<A>(a)...);                            \
-      default:                                                                       \
-        return NAME<Ts...>(std::forward<A>(a)...);                                   \
-    }                                                                                \
+#define FK_MULTI_ISA(NAME)                                  \
+  template <typename... Ts, typename... A>                  \
+  FK_TARGET_AVX512 auto NAME##_avx512(A&&... a) {           \
+    return NAME<Ts...>(std::forward<A>(a)...);              \
+  }                                                         \
+  template <typename... Ts, typename... A>                  \
+  FK_TARGET_AVX2 auto NAME##_avx2(A&&... a) {               \
+    return NAME<Ts...>(std::forward<A>(a)...);              \
+  }                                                         \
+  template <typename... Ts, typename... A>                  \
+  auto NAME##_isa(A&&... a) {                               \
+    switch (::fcn_kernels::cpu_isa()) {                     \
+      case ::fcn_kernels::Isa::kAvx512:                     \
+        return NAME##_avx512<Ts...>(std::forward<A>(a)...); \
+      case ::fcn_kernels::Isa::kAvx2:                       \
+        return NAME##_avx2<Ts...>(std::forward<A>(a)...);   \
+      default:                                              \
+        return NAME<Ts...>(std::forward<A>(a)...);          \
+    }                                                       \
   }
 #else
-#define FK_MULTI_ISA(NAME)                                                           \
-  template <typename... Ts, typename... A>                                           \
-  auto NAME##_isa(A&&... a) {                                                        \
-    return NAME<Ts...>(std::forward<A>(a)...);                                       \
+#define FK_MULTI_ISA(NAME)                     \
+  template <typename... Ts, typename... A>     \
+  auto NAME##_isa(A&&... a) {                  \
+    return NAME<Ts...>(std::forward<A>(a)...); \
   }
 #endif

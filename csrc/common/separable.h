@@ -79,8 +79,8 @@ FK_MULTI_ISA(hpass)
 // out[j] = wa * a[j] + wb * b[j], rounded to scalar_t.
 template <typename scalar_t>
 FK_INLINE void blend2(scalar_t* __restrict__ out, const at::opmath_type<scalar_t>* __restrict__ a,
-                      const at::opmath_type<scalar_t>* __restrict__ b,
-                      at::opmath_type<scalar_t> wa, at::opmath_type<scalar_t> wb, int64_t n) {
+                      const at::opmath_type<scalar_t>* __restrict__ b, at::opmath_type<scalar_t> wa,
+                      at::opmath_type<scalar_t> wb, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = static_cast<scalar_t>(wa * a[j] + wb * b[j]);
 }
 FK_MULTI_ISA(blend2)
@@ -141,8 +141,8 @@ void separable_apply(const scalar_t* src, scalar_t* dst, int64_t P, int64_t SH, 
       auto hrow = [&](int64_t sh) -> const acc_t* {
         acc_t* r = rows.data() + (sh - s_lo) * dst_row;
         if (!done[sh - s_lo]) {
-          sep::hpass_isa<scalar_t, Vec>(sp + sh * src_row, r, DW, V, mw.start.data(), mw.index.data(),
-                                        mw.weight.data(), mw.two_taps);
+          sep::hpass_isa<scalar_t, Vec>(sp + sh * src_row, r, DW, V, mw.start.data(),
+                                        mw.index.data(), mw.weight.data(), mw.two_taps);
           done[sh - s_lo] = 1;
         }
         return r;

@@ -16,13 +16,11 @@
 
 namespace fcn_kernels {
 
-
 // Output/working layout: channels_last when the tensor is exactly channels_last
 // contiguous (and not also plain contiguous), otherwise NCHW. The fake kernels in
 // fcn_kernels/_common.py apply the same rule so strides match under torch.compile.
 inline at::MemoryFormat layout_of(const at::Tensor& t) {
-  return (t.dim() == 4 && !t.is_contiguous() &&
-          t.is_contiguous(at::MemoryFormat::ChannelsLast))
+  return (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
              ? at::MemoryFormat::ChannelsLast
              : at::MemoryFormat::Contiguous;
 }
@@ -36,10 +34,9 @@ inline std::pair<int64_t, int64_t> planes_and_vec(const at::Tensor& t, at::Memor
 }
 
 inline void check_float4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(),
-              "-D");
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(), "-D");
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name,
-              " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+                   " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
 // `t` (called `name`) has `ref`'s dtype and device; `whose` names ref ("the input's").

@@ -16,8 +16,7 @@ namespace fcn_kernels {
 // ---------------------------------------------------------------------------
 
 // Source index i of full-map coordinate Y through tap k, or -1 if none.
-FK_HD int64_t deconv_source(int64_t Y, int64_t k, int64_t s, int64_t p, int64_t d,
-                            int64_t in) {
+FK_HD int64_t deconv_source(int64_t Y, int64_t k, int64_t s, int64_t p, int64_t d, int64_t in) {
   const int64_t t = Y + p - k * d;
   if (t < 0 || t % s != 0) return -1;
   const int64_t i = t / s;
@@ -26,8 +25,8 @@ FK_HD int64_t deconv_source(int64_t Y, int64_t k, int64_t s, int64_t p, int64_t 
 
 // Cropped output coordinate that input index i reaches through tap k, or -1 if it
 // falls outside the crop window [off, off + out).
-FK_HD int64_t deconv_target(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d,
-                            int64_t off, int64_t out) {
+FK_HD int64_t deconv_target(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, int64_t off,
+                            int64_t out) {
   const int64_t o = i * s - p + k * d - off;
   return (o >= 0 && o < out) ? o : -1;
 }
@@ -75,25 +74,26 @@ inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef s
                          at::IntArrayRef padding, int64_t groups, at::IntArrayRef dilation,
                          at::IntArrayRef offset) {
   TORCH_CHECK_VALUE(x.size() == 4 && w.size() == 4, "input and weight must be 4-D");
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
-                        offset.size() == 2,
-                    "stride, padding, dilation and offset must have 2 elements");
+  TORCH_CHECK_VALUE(
+      stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && offset.size() == 2,
+      "stride, padding, dilation and offset must have 2 elements");
   TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
   TORCH_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ",
                     dilation);
-  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ",
-                    padding);
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, "padding must be >= 0, got ", padding);
   TORCH_CHECK_VALUE(offset[0] >= 0 && offset[1] >= 0, "offset must be >= 0, got ", offset);
   TORCH_CHECK_VALUE(groups > 0, "groups must be positive, got ", groups);
   TORCH_CHECK_VALUE(x[1] % groups == 0 && w[0] == x[1], "weight.shape[0] (", w[0],
-                    ") must equal the input channels (", x[1], "), divisible by groups (",
-                    groups, ")");
+                    ") must equal the input channels (", x[1], "), divisible by groups (", groups,
+                    ")");
   TORCH_CHECK_VALUE(w[1] > 0 && w[2] > 0 && w[3] > 0,
                     "weight must have non-empty output channel and kernel dimensions, got "
                     "shape ",
                     w);
-  TORCH_CHECK_VALUE(x[2] > 0 && x[3] > 0, "input must have non-empty spatial dimensions, got "
-                    "shape ", x);
+  TORCH_CHECK_VALUE(x[2] > 0 && x[3] > 0,
+                    "input must have non-empty spatial dimensions, got "
+                    "shape ",
+                    x);
 }
 
 // Argument checks of the two conv_transpose2d_crop backward ops.
@@ -106,10 +106,10 @@ inline void check_deconv_backward_input(const at::Tensor& grad_output, const at:
   check_float4d(weight, "weight");
   check_same(weight, "weight", grad_output, "grad_output's");
   check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK_VALUE(grad_output.size(0) == input_size[0] &&
-                        grad_output.size(1) == weight.size(1) * groups,
-                    "grad_output shape ", grad_output.sizes(), " does not match input_size ",
-                    input_size, " and weight ", weight.sizes());
+  TORCH_CHECK_VALUE(
+      grad_output.size(0) == input_size[0] && grad_output.size(1) == weight.size(1) * groups,
+      "grad_output shape ", grad_output.sizes(), " does not match input_size ", input_size,
+      " and weight ", weight.sizes());
 }
 
 inline void check_deconv_backward_weight(const at::Tensor& grad_output, const at::Tensor& self,
@@ -121,18 +121,18 @@ inline void check_deconv_backward_weight(const at::Tensor& grad_output, const at
   check_float4d(self, "input");
   check_same(grad_output, "grad_output", self, "the input's");
   check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
-  TORCH_CHECK_VALUE(grad_output.size(0) == self.size(0) &&
-                        grad_output.size(1) == weight_size[1] * groups,
-                    "grad_output shape ", grad_output.sizes(), " does not match input ",
-                    self.sizes(), " and weight_size ", weight_size);
+  TORCH_CHECK_VALUE(
+      grad_output.size(0) == self.size(0) && grad_output.size(1) == weight_size[1] * groups,
+      "grad_output shape ", grad_output.sizes(), " does not match input ", self.sizes(),
+      " and weight_size ", weight_size);
 }
 
 // Every argument check of the conv_transpose2d_crop forward.
 inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef output_padding,
-                                 int64_t groups, at::IntArrayRef dilation,
-                                 at::IntArrayRef offset, at::IntArrayRef size) {
+                                 int64_t groups, at::IntArrayRef dilation, at::IntArrayRef offset,
+                                 at::IntArrayRef size) {
   check_float4d(self, "input");
   check_float4d(weight, "weight");
   check_same(weight, "weight", self, "the input's");
@@ -142,15 +142,15 @@ inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weigh
   if (bias.has_value() && bias->defined()) {
     check_same(*bias, "bias", self, "the input's");
     const int64_t cout = weight.size(1) * groups;
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout, "bias must have shape (",
-                      cout, ",), got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == cout, "bias must have shape (", cout,
+                      ",), got ", bias->sizes());
   }
   for (int a = 0; a < 2; ++a) {
-    TORCH_CHECK_VALUE(output_padding[a] >= 0 && (output_padding[a] < stride[a] ||
-                                                 output_padding[a] < dilation[a]),
+    TORCH_CHECK_VALUE(output_padding[a] >= 0 &&
+                          (output_padding[a] < stride[a] || output_padding[a] < dilation[a]),
                       "output_padding must be smaller than either stride or dilation, got "
-                      "output_padding=", output_padding, ", stride=", stride, ", dilation=",
-                      dilation);
+                      "output_padding=",
+                      output_padding, ", stride=", stride, ", dilation=", dilation);
   }
   int64_t full[2];
   for (int a = 0; a < 2; ++a) {
@@ -158,13 +158,15 @@ inline void check_deconv_forward(const at::Tensor& self, const at::Tensor& weigh
                                dilation[a], output_padding[a]);
   }
   const at::IntArrayRef full_size(full, 2);
-  TORCH_CHECK_VALUE(full[0] > 0 && full[1] > 0, "the transposed convolution output would be "
-                    "empty (", full_size, "); check padding=", padding);
+  TORCH_CHECK_VALUE(full[0] > 0 && full[1] > 0,
+                    "the transposed convolution output would be "
+                    "empty (",
+                    full_size, "); check padding=", padding);
   TORCH_CHECK_VALUE(size[0] > 0 && size[1] > 0, "size must be positive, got ", size);
   for (int a = 0; a < 2; ++a) {
-    TORCH_CHECK_VALUE(offset[a] + size[a] <= full[a], "crop window offset=", offset, ", size=",
-                      size, " does not fit in the full transposed convolution output of size ",
-                      full_size);
+    TORCH_CHECK_VALUE(
+        offset[a] + size[a] <= full[a], "crop window offset=", offset, ", size=", size,
+        " does not fit in the full transposed convolution output of size ", full_size);
   }
 }
 

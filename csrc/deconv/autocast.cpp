@@ -26,10 +26,9 @@ at::Tensor conv_transpose2d_crop_autocast(const at::Tensor& self, const at::Tens
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fcn_kernels::conv_transpose2d_crop", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef, int64_t, at::IntArrayRef, at::IntArrayRef,
-                            c10::SymIntArrayRef)>();
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                            at::IntArrayRef, at::IntArrayRef, c10::SymIntArrayRef)>();
   return op.call(at::autocast::cached_cast(dtype, self, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type),
                  at::autocast::cached_cast(dtype, bias, device_type), stride, padding,

@@ -29,12 +29,11 @@ struct Taps {
 
 // Forward direction: cropped output o in [0, out) reads input i in [0, in) through tap
 // k in [k0, k1).
-Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, int64_t p,
-                 int64_t d, int64_t in);
+Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, int64_t p, int64_t d,
+                 int64_t in);
 // Backward direction: input i in [0, in) is read by cropped output o in [0, out)
 // through tap k in [0, K).
-Taps target_taps(int64_t in, int64_t K, int64_t s, int64_t p, int64_t d, int64_t off,
-                 int64_t out);
+Taps target_taps(int64_t in, int64_t K, int64_t s, int64_t p, int64_t d, int64_t off, int64_t out);
 
 // One axis of the transposed convolution: input i reaches cropped output
 // i * stride + k * dilation - padding - offset through tap k.
@@ -90,9 +89,8 @@ struct PhaseGeom {
 };
 
 PhaseGeom phase_geom(int64_t N, int64_t Cin, at::IntArrayRef w, int64_t groups,
-                     at::IntArrayRef stride, at::IntArrayRef padding,
-                     at::IntArrayRef dilation, at::IntArrayRef offset, int64_t OH,
-                     int64_t OW, int64_t elem_size);
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                     at::IntArrayRef offset, int64_t OH, int64_t OW, int64_t elem_size);
 
 // Whether the AVX-512 float GEMM kernels (cpu_gemm.h) run: an AVX-512 CPU as ATen
 // sees it.

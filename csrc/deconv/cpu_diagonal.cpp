@@ -23,8 +23,8 @@
 namespace fcn_kernels {
 namespace deconv_cpu {
 
-Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, int64_t p,
-                 int64_t d, int64_t in) {
+Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, int64_t p, int64_t d,
+                 int64_t in) {
   Taps t;
   for (int64_t o = 0; o < out; ++o) {
     int64_t step = 1;
@@ -42,8 +42,7 @@ Taps source_taps(int64_t out, int64_t off, int64_t k0, int64_t k1, int64_t s, in
   return t;
 }
 
-Taps target_taps(int64_t in, int64_t K, int64_t s, int64_t p, int64_t d, int64_t off,
-                 int64_t out) {
+Taps target_taps(int64_t in, int64_t K, int64_t s, int64_t p, int64_t d, int64_t off, int64_t out) {
   Taps t;
   for (int64_t i = 0; i < in; ++i) {
     for (int64_t k = 0; k < K; ++k) {
@@ -131,9 +130,8 @@ void uniform_rows(const at::Tensor& in, at::Tensor& out, int64_t P, Vec V, const
       if (th.start[a] == th.start[a + 1]) std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t j = th.start[a]; j < th.start[a + 1]; ++j) {
         const Csr<acc_t>& m = mw[th.k[j]];
-        sep::hpass_isa<scalar_t, Vec>(src + (p * IH + th.idx[j]) * IW * V, h.data(),
-                                      out.size(3), V, m.start.data(), m.index.data(),
-                                      m.weight.data(), m.two_taps);
+        sep::hpass_isa<scalar_t, Vec>(src + (p * IH + th.idx[j]) * IW * V, h.data(), out.size(3), V,
+                                      m.start.data(), m.index.data(), m.weight.data(), m.two_taps);
         sep::axpy_isa<acc_t>(acc.data(), h.data(), acc_t(1), row, j == th.start[a]);
       }
       sep::store_isa<scalar_t>(dst + r * row, acc.data(), row);
@@ -237,10 +235,10 @@ void diagonal_gather(const at::Tensor& in, at::Tensor& out, const at::Tensor& wd
   });
 }
 
-#define FK_DIAGONAL_INSTANTIATE(T)                                                       \
-  template bool uniform_diagonal<T>(const at::Tensor&, at::Tensor&, const at::Tensor&,   \
-                                    const DiagonalProduct&);                             \
-  template void diagonal_gather<T>(const at::Tensor&, at::Tensor&, const at::Tensor&,    \
+#define FK_DIAGONAL_INSTANTIATE(T)                                                     \
+  template bool uniform_diagonal<T>(const at::Tensor&, at::Tensor&, const at::Tensor&, \
+                                    const DiagonalProduct&);                           \
+  template void diagonal_gather<T>(const at::Tensor&, at::Tensor&, const at::Tensor&,  \
                                    const at::Tensor&, const DiagonalProduct&);
 FK_DIAGONAL_INSTANTIATE(double)
 FK_DIAGONAL_INSTANTIATE(float)

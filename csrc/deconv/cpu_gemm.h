@@ -21,14 +21,19 @@ constexpr int64_t kMr = 12, kNr = 32;  // sgemm_avx512's register tile: 12 x 2 z
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FK_AVX512_GEMM 1
-// C (m x n, ldc) = A (m x k, packed: see phase_weight in cpu_phase.cpp) x B (k x n, row-major, ldb).
-__attribute__((target("avx512f,avx512vl,fma"))) inline void sgemm_avx512(
-    int64_t m, int64_t n, int64_t k, const float* ap, const float* b, int64_t ldb, float* c,
-    int64_t ldc) {
+// C (m x n, ldc) = A (m x k, packed: see phase_weight in cpu_phase.cpp) x B (k x n, row-major,
+// ldb).
+__attribute__((target("avx512f,avx512vl,fma"))) inline void sgemm_avx512(int64_t m, int64_t n,
+                                                                         int64_t k, const float* ap,
+                                                                         const float* b,
+                                                                         int64_t ldb, float* c,
+                                                                         int64_t ldc) {
   for (int64_t j = 0; j < n; j += kNr) {  // a 32-column slice of B stays in L1
     const int64_t nb = std::min(kNr, n - j);
     const __mmask16 m0 = nb >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
-    const __mmask16 m1 = nb >= 32 ? 0xFFFF : nb <= 16 ? 0 : static_cast<__mmask16>((1u << (nb - 16)) - 1);
+    const __mmask16 m1 = nb >= 32   ? 0xFFFF
+                         : nb <= 16 ? 0
+                                    : static_cast<__mmask16>((1u << (nb - 16)) - 1);
     for (int64_t i = 0; i < m; i += kMr) {
       const float* a = ap + i * k;
       const float* bp = b + j;
@@ -77,7 +82,8 @@ __attribute__((target("avx512f,avx512vl,fma"))) inline void sgemm_nt_avx512(
   for (int64_t i = 0; i < m; i += kTi) {
     const float* ar[kTi];
 #pragma GCC unroll 6
-    for (int r = 0; r < kTi; ++r) ar[r] = a + std::min(i + r, m - 1) * lda;  // edge: repeated, not stored
+    for (int r = 0; r < kTi; ++r)
+      ar[r] = a + std::min(i + r, m - 1) * lda;  // edge: repeated, not stored
     for (int64_t j = 0; j < n; j += kTj) {
       const float* br[kTj];
 #pragma GCC unroll 4

@@ -20,7 +20,8 @@ namespace deconv_cpu {
 // element type, TB the buffers' (the GEMMs'); plain copies run on the unsigned integer
 // of the element's size (Bits), which vectorises where bfloat16 / half structs do not.
 template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+using Bits = std::conditional_t<sizeof(T) == 2, uint16_t,
+                                std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
 template <typename TO, typename TI>
 FK_INLINE TO cvt(TI v) {
@@ -42,8 +43,9 @@ struct MoveArgs {
 
 inline MoveArgs move_args(const PhaseGeom& geom, int64_t r0, int64_t r1, int64_t channels,
                           int64_t H, int64_t W, at::IntArrayRef st) {
-  return {r0,         r1,       geom.h.s, geom.h.q0, geom.h.nq, geom.h.pre, geom.w.s, geom.w.nq,
-          geom.w.pre, geom.Wp,  geom.M,   channels,  H,         W,          {st[0], st[1], st[2], st[3]}};
+  return {r0,         r1,       geom.h.s,  geom.h.q0,  geom.h.nq,
+          geom.h.pre, geom.w.s, geom.w.nq, geom.w.pre, geom.Wp,
+          geom.M,     channels, H,         W,          {st[0], st[1], st[2], st[3]}};
 }
 
 // Zero-padded input planes: dst[(p * Hp + u) * Wp + v] = x[n, c, u0 + u, v0 + v] for the
@@ -61,7 +63,8 @@ FK_INLINE void pad_leaf(TB* __restrict__ dst, const TI* __restrict__ x, const Mo
         for (int64_t v = 0; v < Wp; ++v) d[v] = TB(0);
         continue;
       }
-      const TI* s = x + (p / a.channels) * a.st[0] + (p % a.channels) * a.st[1] + ih * a.st[2] + (v0 + lo) * sw;
+      const TI* s = x + (p / a.channels) * a.st[0] + (p % a.channels) * a.st[1] + ih * a.st[2] +
+                    (v0 + lo) * sw;
       for (int64_t v = 0; v < lo; ++v) d[v] = TB(0);
       if (sw == 1) {
         for (int64_t v = lo; v < hi; ++v) d[v] = cvt<TB>(s[v - lo]);
@@ -139,10 +142,17 @@ FK_INLINE void move_leaf(TI* img, TB* d, int64_t ld, const MoveArgs& a) {
         TI* i = irow + co * a.st[1];
         TB* dd = dcol + (co * a.s_h + rh) * sw * ld;
         switch (sw) {
-          case 2: interleave<kToImage, 2>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          case 4: interleave<kToImage, 4>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          case 8: interleave<kToImage, 8>(i, a.st[3], dd, ld, sw, r, a.W); break;
-          default: interleave<kToImage, 0>(i, a.st[3], dd, ld, sw, r, a.W);
+          case 2:
+            interleave<kToImage, 2>(i, a.st[3], dd, ld, sw, r, a.W);
+            break;
+          case 4:
+            interleave<kToImage, 4>(i, a.st[3], dd, ld, sw, r, a.W);
+            break;
+          case 8:
+            interleave<kToImage, 8>(i, a.st[3], dd, ld, sw, r, a.W);
+            break;
+          default:
+            interleave<kToImage, 0>(i, a.st[3], dd, ld, sw, r, a.W);
         }
       }
     }
@@ -163,7 +173,8 @@ FK_MULTI_ISA(image_to_blocks)
 template <typename T, typename TB>
 void to_image(T* img, TB* d, int64_t ld, const MoveArgs& a) {
   if constexpr (std::is_same_v<T, TB>) {
-    blocks_to_image_isa<Bits<T>, Bits<T>>(reinterpret_cast<Bits<T>*>(img), reinterpret_cast<Bits<T>*>(d), ld, a);
+    blocks_to_image_isa<Bits<T>, Bits<T>>(reinterpret_cast<Bits<T>*>(img),
+                                          reinterpret_cast<Bits<T>*>(d), ld, a);
   } else {
     blocks_to_image_isa<T, TB>(img, d, ld, a);
   }
@@ -177,7 +188,6 @@ void to_blocks(const T* img, TB* d, int64_t ld, const MoveArgs& a) {  // img is 
     image_to_blocks_isa<T, TB>(const_cast<T*>(img), d, ld, a);
   }
 }
-
 
 // gx planes [p0, p1) of its (n, c) planes: gx[n, c, i_h, i_w] = sum over (m_h, m_w) of
 // e[c / cin][(c % cin, m_h, m_w)][block (i_h + m_h, i_w + m_w)], in a fixed order,
@@ -199,17 +209,21 @@ FK_INLINE void col2im_leaf(T* gx, const TB* e, at::opmath_type<T>* __restrict__ 
     for (int64_t i = 0; i < a.IH * Wa; ++i) acc[i] = acc_t(0);
     for (int64_t iy = 0; iy < a.nmh; ++iy) {
       const int64_t dy = a.mh[iy] - a.q0h;  // input row i_h is block row i_h + dy
-      const int64_t h0 = std::clamp<int64_t>(-dy, 0, a.IH), h1 = std::clamp<int64_t>(a.nqh - dy, h0, a.IH);
+      const int64_t h0 = std::clamp<int64_t>(-dy, 0, a.IH),
+                    h1 = std::clamp<int64_t>(a.nqh - dy, h0, a.IH);
       for (int64_t ix = 0; ix < a.nmw; ++ix) {
         const int64_t dx = a.mw[ix] - a.q0w;  // input column i_w is block i_w + dx
-        const int64_t lo = std::clamp<int64_t>(-dx, 0, a.IW), hi = std::clamp<int64_t>(a.nqw - dx, lo, a.IW);
+        const int64_t lo = std::clamp<int64_t>(-dx, 0, a.IW),
+                      hi = std::clamp<int64_t>(a.nqw - dx, lo, a.IW);
         const int64_t k = ((c % a.cin) * a.nmh + iy) * a.nmw + ix;
-        const TB* __restrict__ src = e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + dy) * Wp + dx;
+        const TB* __restrict__ src =
+            e + ((c / a.cin) * a.K + k) * a.nblk + (n * a.nqh + dy) * Wp + dx;
         if (lo == 0 && hi == a.IW && Wa == Wp) {
           for (int64_t i = h0 * Wp; i < h1 * Wp; ++i) acc[i] += static_cast<acc_t>(src[i]);
         } else {
           for (int64_t ih = h0; ih < h1; ++ih) {
-            for (int64_t iw = lo; iw < hi; ++iw) acc[ih * Wa + iw] += static_cast<acc_t>(src[ih * Wp + iw]);
+            for (int64_t iw = lo; iw < hi; ++iw)
+              acc[ih * Wa + iw] += static_cast<acc_t>(src[ih * Wp + iw]);
           }
         }
       }

@@ -7,9 +7,9 @@
 namespace fcn_kernels {
 
 TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) {
-  using deconv_gpu::conv_transpose2d_crop_gpu;
   using deconv_gpu::conv_transpose2d_crop_backward_input_gpu;
   using deconv_gpu::conv_transpose2d_crop_backward_weight_gpu;
+  using deconv_gpu::conv_transpose2d_crop_gpu;
   m.impl("conv_transpose2d_crop", &conv_transpose2d_crop_gpu<CudaLauncher>);
   m.impl("conv_transpose2d_crop_backward_input",
          &conv_transpose2d_crop_backward_input_gpu<CudaLauncher>);

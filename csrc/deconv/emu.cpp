@@ -9,9 +9,9 @@
 namespace fcn_kernels {
 
 TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) {
-  using deconv_gpu::conv_transpose2d_crop_gpu;
   using deconv_gpu::conv_transpose2d_crop_backward_input_gpu;
   using deconv_gpu::conv_transpose2d_crop_backward_weight_gpu;
+  using deconv_gpu::conv_transpose2d_crop_gpu;
   m.impl("conv_transpose2d_crop", &conv_transpose2d_crop_gpu<EmuLauncher>);
   m.impl("conv_transpose2d_crop_backward_input",
          &conv_transpose2d_crop_backward_input_gpu<EmuLauncher>);

@@ -27,6 +27,8 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
+#include <mutex>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -78,8 +80,8 @@ inline int64_t span(const at::Tensor& t) {
 }
 
 // The largest coordinate-sized intermediate of the tap math along one axis.
-inline int64_t coord_extent(int64_t in, int64_t out, int64_t K, int64_t s, int64_t p,
-                            int64_t d, int64_t off) {
+inline int64_t coord_extent(int64_t in, int64_t out, int64_t K, int64_t s, int64_t p, int64_t d,
+                            int64_t off) {
   return (in + 1) * s + (K + 1) * d + p + off + out + s * s;
 }
 
@@ -98,8 +100,16 @@ template <typename index_t>
 Axis<index_t> make_axis(int64_t in, int64_t out, int64_t K, int64_t s, int64_t p, int64_t d,
                         int64_t off) {
   const int64_t g = std::gcd(s, d), step = s / g, dg = d / g;
-  return {index_t(in), index_t(out), index_t(K), index_t(s), index_t(p), index_t(d),
-          index_t(off), index_t(g), index_t(step), index_t(dg),
+  return {index_t(in),
+          index_t(out),
+          index_t(K),
+          index_t(s),
+          index_t(p),
+          index_t(d),
+          index_t(off),
+          index_t(g),
+          index_t(step),
+          index_t(dg),
           index_t(mod_inverse(dg % step, step))};
 }
 
@@ -151,17 +161,65 @@ std::pair<at::Tensor, at::Tensor> diagonal_check(const at::Tensor& w, int64_t ci
   at::Tensor flag = at::zeros({1}, w.options().dtype(at::kInt));
   at::Tensor wd = at::empty({w.size(0), w.size(2), w.size(3)}, w.options());
   const int64_t numel = w.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_diag_check", [&] {
-    with_index_type(fits_int32({numel}), [&](auto zero) {
-      using index_t = decltype(zero);
-      L::launch("deconv_diag_check", Dim{ceil_div_u32(numel, 256), 1, 1}, Dim{256, 1, 1}, 0,
-                DiagCheckKernel<scalar_t, index_t>{
-                    w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(),
-                    flag.mutable_data_ptr<int>(), index_t(numel),
-                    index_t(w.size(2) * w.size(3)), index_t(cin_g)});
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_diag_check", [&] {
+        with_index_type(fits_int32({numel}), [&](auto zero) {
+          using index_t = decltype(zero);
+          L::launch("deconv_diag_check", Dim{ceil_div_u32(numel, 256), 1, 1}, Dim{256, 1, 1}, 0,
+                    DiagCheckKernel<scalar_t, index_t>{
+                        w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(),
+                        flag.mutable_data_ptr<int>(), index_t(numel),
+                        index_t(w.size(2) * w.size(3)), index_t(cin_g)});
+        });
+      });
   return {flag, wd};
+}
+
+// The diagonal check of a fixed weight (FCN's frozen upsampling filters) gives the same
+// answer on every call: the last few results are kept per weight tensor (held weakly,
+// so a freed tensor never matches), version (bumped by every in-place change), data
+// pointer, dtype and stream, and reused. Nothing is cached for inference tensors (no
+// version counter) or while a CUDA graph is being captured.
+struct DiagCheckEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
+  int64_t version, stream;
+  const void* data;
+  at::ScalarType dtype;
+  std::pair<at::Tensor, at::Tensor> result;
+};
+
+template <typename L>
+std::pair<at::Tensor, at::Tensor> cached_diagonal_check(const at::Tensor& weight,
+                                                        const at::Tensor& w, int64_t cin_g) {
+  if (cin_g == 1) return diagonal_check<L>(w, cin_g);
+  static std::mutex mutex;
+  // Never destroyed: device tensors must not be freed by static destructors at exit.
+  static auto* entries = new std::deque<DiagCheckEntry>();
+  constexpr size_t kEntries = 8;
+  const bool cacheable = !weight.is_inference() && !L::capturing();
+  int64_t version = 0, stream = 0;
+  if (cacheable) {
+    version = weight._version();
+    stream = L::stream_key();
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const DiagCheckEntry& e : *entries) {
+      if (e.version == version && e.stream == stream && e.data == weight.const_data_ptr() &&
+          e.dtype == weight.scalar_type() &&
+          e.weight.lock().get() == weight.unsafeGetTensorImpl()) {
+        return e.result;
+      }
+    }
+  }
+  auto result = diagonal_check<L>(w, cin_g);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(mutex);
+    entries->push_front(DiagCheckEntry{
+        c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+            weight.getIntrusivePtr()),
+        version, stream, weight.const_data_ptr(), weight.scalar_type(), result});
+    if (entries->size() > kEntries) entries->pop_back();
+  }
+  return result;
 }
 
 // ---------------------------------------------------------------------------------
@@ -208,9 +266,9 @@ inline at::Tensor dense_forward(const at::Tensor& x, const at::Tensor& w, const 
     pad.push_back(padding[a] + m);
     start.push_back(offset[a] - m);
   }
-  const at::Tensor y = at::convolution(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
-                                       stride, pad, dilation, /*transposed=*/true,
-                                       output_padding, groups);
+  const at::Tensor y =
+      at::convolution(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, stride,
+                      pad, dilation, /*transposed=*/true, output_padding, groups);
   return in_layout(y.narrow(2, start[0], size[0]).narrow(3, start[1], size[1]), fmt);
 }
 
@@ -230,14 +288,14 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
                                      at::IntArrayRef output_padding, int64_t groups,
                                      at::IntArrayRef dilation, at::IntArrayRef offset,
                                      at::IntArrayRef size) {
-  check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups,
-                       dilation, offset, size);
+  check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups, dilation,
+                       offset, size);
   typename L::Guard guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), Cout = cout_g * groups;
   const int64_t KH = weight.size(2), KW = weight.size(3);
-  const at::Tensor bias = bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous()
-                                                                     : at::Tensor();
+  const at::Tensor bias =
+      bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor();
   const auto fmt = layout_of(self);
   const auto opts = self.options().memory_format(fmt);
   if (N == 0) return at::empty({N, Cout, size[0], size[1]}, opts);
@@ -247,48 +305,53 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
   }
   const at::Tensor w = weight.contiguous();
   if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
-    return dense_forward(self, w, bias, stride, padding, output_padding, groups, dilation,
-                         offset, size, fmt);
+    return dense_forward(self, w, bias, stride, padding, output_padding, groups, dilation, offset,
+                         size, fmt);
   }
-  const auto fw = diagonal_check<L>(w, cin_g);
+  const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
   const at::Tensor &flag = fw.first, &wd = fw.second;
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
       {span(self), y.numel(), w.numel(),
        coord_extent(self.size(2), size[0], KH, stride[0], padding[0], dilation[0], offset[0]),
        coord_extent(self.size(3), size[1], KW, stride[1], padding[1], dilation[1], offset[1])});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_fwd_gpu", [&] {
-    with_index_type(small, [&](auto zero) {
-      using index_t = decltype(zero);
-      Geom<index_t> q{};
-      q.ay = make_axis<index_t>(self.size(2), size[0], KH, stride[0], padding[0], dilation[0], offset[0]);
-      q.ax = make_axis<index_t>(self.size(3), size[1], KW, stride[1], padding[1], dilation[1], offset[1]);
-      q.cin_g = index_t(cin_g);
-      q.cout_g = index_t(cout_g);
-      q.KH = index_t(KH);
-      q.KW = index_t(KW);
-      set_strides(q.rs, self);
-      set_strides(q.ws, y);
-      const Dim grid = gather_grid<L>(q, N, Cout, size[0], size[1], fmt);
-      L::launch("deconv_forward", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
-                ForwardKernel<scalar_t, index_t>{
-                    self.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                    wd.const_data_ptr<scalar_t>(),
-                    bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-                    flag.defined() ? flag.const_data_ptr<int>() : nullptr,
-                    y.mutable_data_ptr<scalar_t>(), q});
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_fwd_gpu", [&] {
+        with_index_type(small, [&](auto zero) {
+          using index_t = decltype(zero);
+          Geom<index_t> q{};
+          q.ay = make_axis<index_t>(self.size(2), size[0], KH, stride[0], padding[0], dilation[0],
+                                    offset[0]);
+          q.ax = make_axis<index_t>(self.size(3), size[1], KW, stride[1], padding[1], dilation[1],
+                                    offset[1]);
+          q.cin_g = index_t(cin_g);
+          q.cout_g = index_t(cout_g);
+          q.KH = index_t(KH);
+          q.KW = index_t(KW);
+          set_strides(q.rs, self);
+          set_strides(q.ws, y);
+          const Dim grid = gather_grid<L>(q, N, Cout, size[0], size[1], fmt);
+          L::launch("deconv_forward", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
+                    ForwardKernel<scalar_t, index_t>{
+                        self.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                        wd.const_data_ptr<scalar_t>(),
+                        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+                        flag.defined() ? flag.const_data_ptr<int>() : nullptr,
+                        y.mutable_data_ptr<scalar_t>(), q});
+        });
+      });
   return y;
 }
 
 template <typename L>
-at::Tensor conv_transpose2d_crop_backward_input_gpu(
-    const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
-    at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
-    at::IntArrayRef dilation, at::IntArrayRef offset) {
-  check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups,
-                              dilation, offset);
+at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_output,
+                                                    const at::Tensor& weight,
+                                                    at::IntArrayRef input_size,
+                                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                                    int64_t groups, at::IntArrayRef dilation,
+                                                    at::IntArrayRef offset) {
+  check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups, dilation,
+                              offset);
   typename L::Guard guard(grad_output.device());
   const int64_t N = input_size[0], Cin = input_size[1], cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), KH = weight.size(2), KW = weight.size(3);
@@ -303,38 +366,40 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
     // input_size rows/columns when output_padding >= stride left extra ones).
-    const at::Tensor full = at::convolution(dense_grad(grad_output, r), w, std::nullopt,
-                                            stride, r.pad, dilation, /*transposed=*/false,
-                                            {0, 0}, groups);
+    const at::Tensor full = at::convolution(dense_grad(grad_output, r), w, std::nullopt, stride,
+                                            r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
-  const auto fw = diagonal_check<L>(w, cin_g);
+  const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
   const at::Tensor &flag = fw.first, &wd = fw.second;
   const bool small = fits_int32(
       {span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),
        coord_extent(input_size[3], OW, KW, stride[1], padding[1], dilation[1], offset[1])});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_bwd_input_gpu", [&] {
-    with_index_type(small, [&](auto zero) {
-      using index_t = decltype(zero);
-      Geom<index_t> q{};
-      q.ay = make_axis<index_t>(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]);
-      q.ax = make_axis<index_t>(input_size[3], OW, KW, stride[1], padding[1], dilation[1], offset[1]);
-      q.cin_g = index_t(cin_g);
-      q.cout_g = index_t(cout_g);
-      q.KH = index_t(KH);
-      q.KW = index_t(KW);
-      set_strides(q.rs, grad_output);  // any layout, expanded (stride 0) included
-      set_strides(q.ws, gx);
-      const Dim grid = gather_grid<L>(q, N, Cin, input_size[2], input_size[3], fmt);
-      L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
-                BackwardInputKernel<scalar_t, index_t>{
-                    grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                    wd.const_data_ptr<scalar_t>(),
-                    flag.defined() ? flag.const_data_ptr<int>() : nullptr,
-                    gx.mutable_data_ptr<scalar_t>(), q});
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_bwd_input_gpu", [&] {
+        with_index_type(small, [&](auto zero) {
+          using index_t = decltype(zero);
+          Geom<index_t> q{};
+          q.ay = make_axis<index_t>(input_size[2], OH, KH, stride[0], padding[0], dilation[0],
+                                    offset[0]);
+          q.ax = make_axis<index_t>(input_size[3], OW, KW, stride[1], padding[1], dilation[1],
+                                    offset[1]);
+          q.cin_g = index_t(cin_g);
+          q.cout_g = index_t(cout_g);
+          q.KH = index_t(KH);
+          q.KW = index_t(KW);
+          set_strides(q.rs, grad_output);  // any layout, expanded (stride 0) included
+          set_strides(q.ws, gx);
+          const Dim grid = gather_grid<L>(q, N, Cin, input_size[2], input_size[3], fmt);
+          L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
+                    BackwardInputKernel<scalar_t, index_t>{
+                        grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                        wd.const_data_ptr<scalar_t>(),
+                        flag.defined() ? flag.const_data_ptr<int>() : nullptr,
+                        gx.mutable_data_ptr<scalar_t>(), q});
+        });
+      });
   return gx;
 }
 
@@ -351,10 +416,10 @@ inline int64_t wgrad_slices(int64_t weights, int64_t rows, int64_t cols) {
 template <typename L>
 at::Tensor conv_transpose2d_crop_backward_weight_gpu(
     const at::Tensor& grad_output, const at::Tensor& self, at::IntArrayRef weight_size,
-    at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
-    at::IntArrayRef dilation, at::IntArrayRef offset) {
-  check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups,
-                               dilation, offset);
+    at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups, at::IntArrayRef dilation,
+    at::IntArrayRef offset) {
+  check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups, dilation,
+                               offset);
   typename L::Guard guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight_size[1], KH = weight_size[2], KW = weight_size[3];
@@ -378,42 +443,49 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
   }
   at::Tensor gw = at::empty(weight_size, self.options());
   const int64_t S = wgrad_slices(numel, N * self.size(2), self.size(3));
-  const bool small = fits_int32(
-      {span(self), span(grad_output), numel,
-       coord_extent(self.size(2), grad_output.size(2), KH, stride[0], padding[0], dilation[0], offset[0]),
-       coord_extent(self.size(3), grad_output.size(3), KW, stride[1], padding[1], dilation[1], offset[1])});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_bwd_weight_gpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partial;
-    if (S > 1) partial = at::empty({numel * S}, self.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    with_index_type(small, [&](auto zero) {
-      using index_t = decltype(zero);
-      WeightGradKernel<scalar_t, index_t> k{};
-      k.grad = grad_output.const_data_ptr<scalar_t>();
-      k.x = self.const_data_ptr<scalar_t>();
-      k.gw = gw.mutable_data_ptr<scalar_t>();
-      k.partial = S > 1 ? partial.mutable_data_ptr<acc_t>() : nullptr;
-      k.ay = make_axis<index_t>(self.size(2), grad_output.size(2), KH, stride[0], padding[0], dilation[0], offset[0]);
-      k.ax = make_axis<index_t>(self.size(3), grad_output.size(3), KW, stride[1], padding[1], dilation[1], offset[1]);
-      k.N = index_t(N);
-      k.cin_g = index_t(cin_g);
-      k.cout_g = index_t(cout_g);
-      k.KH = index_t(KH);
-      k.KW = index_t(KW);
-      k.S = index_t(S);
-      set_strides(k.gs, grad_output);
-      set_strides(k.xs, self);
-      L::launch("deconv_backward_weight", Dim{static_cast<uint32_t>(numel), static_cast<uint32_t>(S), 1},
-                Dim{kWgradX, kWgradY, 1}, kWgradThreads * sizeof(acc_t), k);
-      if (S > 1) {
-        L::launch("deconv_backward_weight_finish", Dim{ceil_div_u32(numel, 256), 1, 1},
-                  Dim{256, 1, 1}, 0,
-                  WeightGradFinishKernel<scalar_t, index_t>{
-                      partial.const_data_ptr<acc_t>(), gw.mutable_data_ptr<scalar_t>(),
-                      index_t(numel), index_t(S)});
-      }
-    });
-  });
+  const bool small = fits_int32({span(self), span(grad_output), numel,
+                                 coord_extent(self.size(2), grad_output.size(2), KH, stride[0],
+                                              padding[0], dilation[0], offset[0]),
+                                 coord_extent(self.size(3), grad_output.size(3), KW, stride[1],
+                                              padding[1], dilation[1], offset[1])});
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_bwd_weight_gpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        at::Tensor partial;
+        if (S > 1)
+          partial =
+              at::empty({numel * S}, self.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        with_index_type(small, [&](auto zero) {
+          using index_t = decltype(zero);
+          WeightGradKernel<scalar_t, index_t> k{};
+          k.grad = grad_output.const_data_ptr<scalar_t>();
+          k.x = self.const_data_ptr<scalar_t>();
+          k.gw = gw.mutable_data_ptr<scalar_t>();
+          k.partial = S > 1 ? partial.mutable_data_ptr<acc_t>() : nullptr;
+          k.ay = make_axis<index_t>(self.size(2), grad_output.size(2), KH, stride[0], padding[0],
+                                    dilation[0], offset[0]);
+          k.ax = make_axis<index_t>(self.size(3), grad_output.size(3), KW, stride[1], padding[1],
+                                    dilation[1], offset[1]);
+          k.N = index_t(N);
+          k.cin_g = index_t(cin_g);
+          k.cout_g = index_t(cout_g);
+          k.KH = index_t(KH);
+          k.KW = index_t(KW);
+          k.S = index_t(S);
+          set_strides(k.gs, grad_output);
+          set_strides(k.xs, self);
+          L::launch("deconv_backward_weight",
+                    Dim{static_cast<uint32_t>(numel), static_cast<uint32_t>(S), 1},
+                    Dim{kWgradX, kWgradY, 1}, kWgradThreads * sizeof(acc_t), k);
+          if (S > 1) {
+            L::launch("deconv_backward_weight_finish", Dim{ceil_div_u32(numel, 256), 1, 1},
+                      Dim{256, 1, 1}, 0,
+                      WeightGradFinishKernel<scalar_t, index_t>{partial.const_data_ptr<acc_t>(),
+                                                                gw.mutable_data_ptr<scalar_t>(),
+                                                                index_t(numel), index_t(S)});
+          }
+        });
+      });
   return gw;
 }
 

@@ -20,15 +20,17 @@ namespace fcn_kernels {
 namespace deconv_gpu {
 
 template <typename T>
-FK_HD T imin(T a, T b) { return a < b ? a : b; }
+FK_HD T imin(T a, T b) {
+  return a < b ? a : b;
+}
 
 // One spatial axis. Full-map coordinate of input index i under tap k: Y = i*s - p + k*d;
 // the cropped coordinate is o = Y - off.
 template <typename index_t>
 struct Axis {
-  index_t in, out;               // input extent, cropped output extent
-  index_t K, s, p, d, off;       // kernel, stride, padding, dilation, crop offset
-  index_t g, step, dg, inv;      // gcd(s, d), s/g, d/g, (d/g)^-1 mod s/g (host-computed)
+  index_t in, out;           // input extent, cropped output extent
+  index_t K, s, p, d, off;   // kernel, stride, padding, dilation, crop offset
+  index_t g, step, dg, inv;  // gcd(s, d), s/g, d/g, (d/g)^-1 mod s/g (host-computed)
 };
 
 // Taps k = k0, k0 + dk, ... (n of them) with their input (forward) or output

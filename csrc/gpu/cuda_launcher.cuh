@@ -48,6 +48,9 @@ struct CudaLauncher {
     return count;
   }
 
+  // Identifies the current stream (results computed on it may be reused there).
+  static int64_t stream_key() { return c10::cuda::getCurrentCUDAStream().id(); }
+
   // True while the current stream is being captured into a CUDA graph: no host sync
   // (item(), a blocking copy) is allowed then.
   static bool capturing() {

@@ -37,8 +37,7 @@ struct EmuLauncher {
       t.block_dim = block;
       t.smem = shared.get();
       for (int64_t b = b0; b < b1; ++b) {
-        t.block = {static_cast<uint32_t>(b % grid.x),
-                   static_cast<uint32_t>((b / grid.x) % grid.y),
+        t.block = {static_cast<uint32_t>(b % grid.x), static_cast<uint32_t>((b / grid.x) % grid.y),
                    static_cast<uint32_t>(b / (int64_t(grid.x) * grid.y))};
         for (int phase = 0; phase < PhasesOf<K>::value; ++phase) {
           t.phase = phase;
@@ -57,6 +56,7 @@ struct EmuLauncher {
 
   static int sm_count() { return 132; }  // an H100/H200, so grids match theirs
   static bool capturing() { return emu_capturing(); }
+  static int64_t stream_key() { return 0; }
 };
 
 }  // namespace fcn_kernels

@@ -43,8 +43,7 @@ struct Thread {
 template <typename K, typename = void>
 struct PhasesOf : std::integral_constant<int, 1> {};
 template <typename K>
-struct PhasesOf<K, std::void_t<decltype(K::kPhases)>>
-    : std::integral_constant<int, K::kPhases> {};
+struct PhasesOf<K, std::void_t<decltype(K::kPhases)>> : std::integral_constant<int, K::kPhases> {};
 
 // CUDA's launch limits, enforced by the emulator too so that an invalid launch fails
 // in CI exactly as it would on a GPU ("invalid configuration argument").

@@ -39,8 +39,7 @@ namespace {
 // (i - lo) | (lo + len - 1 - i), in wrapping unsigned arithmetic, is set exactly when i is
 // outside), so it vectorises; the forward paths check a row (or plane) this way before
 // zeroing and scattering it.
-inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t lo,
-                         int64_t len) {
+inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t lo, int64_t len) {
   const uint64_t first = static_cast<uint64_t>(lo), last = first + len - 1;
   uint64_t acc = 0;
   for (int64_t k = 0; k < count; ++k) {
@@ -53,8 +52,8 @@ inline bool all_in_range(const int64_t* __restrict__ ind, int64_t count, int64_t
 // y[i * V + c] = x[w * V + c] for i = ind[w * V + c], w < n, c < cn, in order (the
 // indices already checked).
 template <typename T, typename Cn, typename Vs>
-void scatter(const T* __restrict__ x, const int64_t* __restrict__ ind, T* __restrict__ y,
-             int64_t n, Cn cn, Vs V) {
+void scatter(const T* __restrict__ x, const int64_t* __restrict__ ind, T* __restrict__ y, int64_t n,
+             Cn cn, Vs V) {
   for (int64_t w = 0; w < n; ++w) {
     for (int64_t c = 0; c < cn; ++c) y[ind[w * V + c] * V + c] = x[w * V + c];
   }
@@ -143,7 +142,9 @@ inline void store(uint32_t* p, uint32_t v, std::true_type) {
 inline void store(uint64_t* p, uint64_t v, std::true_type) {
   _mm_stream_si64(reinterpret_cast<long long*>(p), static_cast<long long>(v));
 }
-inline void stream_fence() { _mm_sfence(); }
+inline void stream_fence() {
+  _mm_sfence();
+}
 constexpr bool kCanStream = true;
 #else
 template <typename T>
@@ -164,8 +165,8 @@ constexpr int64_t kPrefetchRowBytes = 256;
 // are). Each line is prefetched once; indices that jump around only waste prefetches.
 struct Prefetcher {
   static constexpr int64_t kAhead = 8192;
-  const char* next;  // first byte not prefetched yet
-  const char* end;   // end of the task's grad_output
+  const char* next;               // first byte not prefetched yet
+  const char* end;                // end of the task's grad_output
   void ahead_of(const char* p) {  // p <= end
     const char* want = p + std::min<std::ptrdiff_t>(kAhead, end - p);
     for (next = std::max(next, p); next < want; next += 64) __builtin_prefetch(next);
@@ -228,8 +229,8 @@ bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem&
                   reinterpret_cast<const char*>(g + ((end - 1) / IH + 1) * plane * V)};
     for (int64_t r = begin; r < end;) {
       const int64_t p = r / IH, stop = std::min(end, (p + 1) * IH);
-      if (!gather(g + offs(p), ind + r * IW * V, gx + r * IW * V, (stop - r) * IW,
-                  plane, V, st, prefetch ? &pf : nullptr)) {
+      if (!gather(g + offs(p), ind + r * IW * V, gx + r * IW * V, (stop - r) * IW, plane, V, st,
+                  prefetch ? &pf : nullptr)) {
         ok.store(false, std::memory_order_relaxed);
         break;
       }
@@ -244,8 +245,8 @@ bool backward_gather(const T* g, const int64_t* ind, T* gx, const UnpoolProblem&
 // input gets its plane's value; the indices are still range-checked, as the gather does.
 // V == 1: one value per row of planes; V == C (channels_last indices): per channel.
 template <typename T>
-bool backward_plane_constant(const T* vals, int64_t vs0, int64_t vs1, const int64_t* ind,
-                             T* gx, const UnpoolProblem& u, int64_t C) {
+bool backward_plane_constant(const T* vals, int64_t vs0, int64_t vs1, const int64_t* ind, T* gx,
+                             const UnpoolProblem& u, int64_t C) {
   std::atomic<bool> ok{true};
   const int64_t IH = u.IH, IW = u.IW, V = u.V, plane = u.OH * u.OW;
   at::parallel_for(0, u.P * IH, grain(IW * V), [&](int64_t begin, int64_t end) {
@@ -341,7 +342,7 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
     const at::Tensor& src = u.src;
     const T* g = static_cast<const T*>(src.const_data_ptr());
     const PlaneOffsets offs = u.V == 1 ? PlaneOffsets{C, src.stride(0), src.stride(1)}
-                                     : PlaneOffsets{1, src.stride(0), 0};
+                                       : PlaneOffsets{1, src.stride(0), 0};
     const bool dense = src.is_contiguous(fmt);
     // Large NCHW problems: streaming stores, and prefetching for long rows (see above;
     // channels_last is already far ahead of ATen).

@@ -81,15 +81,15 @@ int64_t unpool_max_blocks() {
 }
 
 // The kernels' loops: element e of the row (fixed per thread), rows r, planes p.
-#define FK_UNPOOL_ROW_ELEMENT(I, e, row_len)                                  \
-  const I e = static_cast<I>(t.block.x) * static_cast<I>(t.block_dim.x) + \
-              static_cast<I>(t.thread.x);                                     \
+#define FK_UNPOOL_ROW_ELEMENT(I, e, row_len)                                                  \
+  const I e =                                                                                 \
+      static_cast<I>(t.block.x) * static_cast<I>(t.block_dim.x) + static_cast<I>(t.thread.x); \
   if (e >= (row_len)) return
 #define FK_UNPOOL_FOR_PLANES(I, p, planes) \
   for (I p = static_cast<I>(t.block.z); p < (planes); p += static_cast<I>(t.grid.z))
-#define FK_UNPOOL_FOR_ROWS(I, r, rows)                                                   \
-  for (I r = static_cast<I>(t.block.y) * static_cast<I>(t.block_dim.y) +               \
-             static_cast<I>(t.thread.y);                                                 \
+#define FK_UNPOOL_FOR_ROWS(I, r, rows)                                                             \
+  for (I r =                                                                                       \
+           static_cast<I>(t.block.y) * static_cast<I>(t.block_dim.y) + static_cast<I>(t.thread.y); \
        r < (rows); r += static_cast<I>(t.grid.y) * static_cast<I>(t.block_dim.y))
 
 // True when flat position `off` past the window's first in-range output (oh, ow) lies
@@ -146,7 +146,9 @@ struct FastForward {
 };
 
 // The general path's kernels run only when *gate != 0 (gate null: always).
-FK_HD bool gate_closed(const int* gate) { return gate != nullptr && *gate == 0; }
+FK_HD bool gate_closed(const int* gate) {
+  return gate != nullptr && *gate == 0;
+}
 
 template <typename I>
 struct FillWinners {
@@ -158,12 +160,16 @@ struct FillWinners {
     if (gate_closed(gate)) return;
     FK_UNPOOL_ROW_ELEMENT(I, e, row_len);
     FK_UNPOOL_FOR_PLANES(I, p, P) {
-      FK_UNPOOL_FOR_ROWS(I, r, rows) { winner[(p * rows + r) * row_len + e] = I(-1); }
+      FK_UNPOOL_FOR_ROWS(I, r, rows) {
+        winner[(p * rows + r) * row_len + e] = I(-1);
+      }
     }
   }
 };
 
-FK_HD void atomic_max_index(int32_t* p, int32_t v) { atomic_max(p, v); }
+FK_HD void atomic_max_index(int32_t* p, int32_t v) {
+  atomic_max(p, v);
+}
 FK_HD void atomic_max_index(int64_t* p, int64_t v) {
   atomic_max(reinterpret_cast<long long*>(p), static_cast<long long>(v));
 }
@@ -297,8 +303,8 @@ void unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s
   at::Tensor scratch;
   I* winner = reinterpret_cast<I*>(y);
   if (sizeof(T) != sizeof(I)) {
-    scratch = at::empty({u.out.numel()}, u.out.options().dtype(
-                                             sizeof(I) == 4 ? at::kInt : at::kLong));
+    scratch =
+        at::empty({u.out.numel()}, u.out.options().dtype(sizeof(I) == 4 ? at::kInt : at::kLong));
     winner = scratch.mutable_data_ptr<I>();
   }
   const RowsLaunch lo = rows_launch(OW * V, OH, P, max_blocks);
@@ -321,9 +327,8 @@ at::Tensor max_unpool2d_gpu(const at::Tensor& self, const at::Tensor& indices,
   if (u.out.numel() == 0) return u.out;
   const at::Tensor flags = at::zeros({2}, u.out.options().dtype(at::kInt));
   // The window arithmetic reaches oh + padding and window starts + kernel sizes.
-  const bool small =
-      fits_int32({u.src.numel(), u.out.numel(), u.OH + kernel_size[0] + stride[0],
-                  u.OW + kernel_size[1] + stride[1]});
+  const bool small = fits_int32({u.src.numel(), u.out.numel(), u.OH + kernel_size[0] + stride[0],
+                                 u.OW + kernel_size[1] + stride[1]});
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
     with_index_type(small, [&](auto index_zero) {
@@ -370,9 +375,8 @@ at::Tensor max_unpool2d_backward_gpu(const at::Tensor& grad_output, const at::Te
                 GatherBackward<T, I>{static_cast<const T*>(u.src.const_data_ptr()),
                                      u.indices.const_data_ptr<int64_t>(),
                                      static_cast<T*>(u.out.mutable_data_ptr()),
-                                     check ? flag.mutable_data_ptr<int>() : nullptr, I(u.P),
-                                     I(u.V), I(Cp), I(u.IH),
-                                     I(u.IW), I(u.OH * u.OW), I(u.src.stride(0)),
+                                     check ? flag.mutable_data_ptr<int>() : nullptr, I(u.P), I(u.V),
+                                     I(Cp), I(u.IH), I(u.IW), I(u.OH * u.OW), I(u.src.stride(0)),
                                      I(u.src.stride(1)), I(flat_plane_stride(u.src))});
     });
   });

@@ -6,6 +6,7 @@ itself, so the VGG16 parameter names are exactly the classic ones (``conv1_1.wei
 ``input = a * output + b`` map (Caffe's ``coord_map``), which gives the classic values
 (VGG16: 19; 5, 27; 5, 9, 31; AlexNet: 18) and the right ones for every other backbone.
 """
+
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,6 +20,7 @@ BACKBONES = ("vgg16", "alexnet", "googlenet", "tiny")
 @dataclass(frozen=True)
 class Coord:
     """Position in input pixels of index ``i`` of a feature map: ``a * i + b``."""
+
     a: Fraction = Fraction(1)
     b: Fraction = Fraction(0)
 
@@ -48,8 +50,9 @@ def _first(v):
 def layer_coord(coord: Coord, m: nn.Module) -> Coord:
     """Coordinate map after module `m`."""
     if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-        return coord.conv(_first(m.kernel_size), _first(m.stride), _first(m.padding),
-                          _first(m.dilation))
+        return coord.conv(
+            _first(m.kernel_size), _first(m.stride), _first(m.padding), _first(m.dilation)
+        )
     if isinstance(m, (nn.ReLU, nn.Dropout, nn.Dropout2d, Inception)):
         return coord  # pointwise, or stride-1 "same" padding
     raise TypeError(f"no coordinate rule for {type(m).__name__}")
@@ -58,12 +61,13 @@ def layer_coord(coord: Coord, m: nn.Module) -> Coord:
 @dataclass
 class Backbone:
     """Layers of a backbone plus what the FCN heads need to know about them."""
+
     name: str
     layers: "OrderedDict[str, nn.Module]"
-    out_channels: int                                  # channels of the last layer
-    skips: dict = field(default_factory=dict)          # "pool4"/"pool3" -> (layer name, channels)
-    final_kernel_32: int = 64                          # FCN-32s upscore kernel
-    pretrained_format: str = ""                        # torchvision arch it converts from
+    out_channels: int  # channels of the last layer
+    skips: dict = field(default_factory=dict)  # "pool4"/"pool3" -> (layer name, channels)
+    final_kernel_32: int = 64  # FCN-32s upscore kernel
+    pretrained_format: str = ""  # torchvision arch it converts from
 
     def coords(self):
         """Coord after every layer, by name."""
@@ -107,16 +111,24 @@ TINY_BLOCKS = [(1, 8), (1, 16), (1, 16), (1, 32), (1, 32)]
 
 def vgg16(first_padding=100, with_fc=True):
     layers = _vgg_layers(VGG16_BLOCKS, 4096, first_padding, with_fc)
-    return Backbone("vgg16", layers, 4096 if with_fc else 512,
-                    skips={"pool4": ("pool4", 512), "pool3": ("pool3", 256)},
-                    pretrained_format="vgg16")
+    return Backbone(
+        "vgg16",
+        layers,
+        4096 if with_fc else 512,
+        skips={"pool4": ("pool4", 512), "pool3": ("pool3", 256)},
+        pretrained_format="vgg16",
+    )
 
 
 def tiny(first_padding=100, with_fc=True):
     """VGG-shaped (5 pools, fc6 7x7, fc7 1x1) but a few thousand times smaller."""
     layers = _vgg_layers(TINY_BLOCKS, 64, first_padding, with_fc)
-    return Backbone("tiny", layers, 64 if with_fc else 32,
-                    skips={"pool4": ("pool4", 32), "pool3": ("pool3", 16)})
+    return Backbone(
+        "tiny",
+        layers,
+        64 if with_fc else 32,
+        skips={"pool4": ("pool4", 32), "pool3": ("pool3", 16)},
+    )
 
 
 def alexnet():
@@ -152,10 +164,15 @@ class Inception(nn.Module):
         super().__init__()
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
         self.b1 = nn.Sequential(nn.Conv2d(c_in, c1, 1), relu())
-        self.b3 = nn.Sequential(nn.Conv2d(c_in, c3r, 1), relu(), nn.Conv2d(c3r, c3, 3, padding=1), relu())
-        self.b5 = nn.Sequential(nn.Conv2d(c_in, c5r, 1), relu(), nn.Conv2d(c5r, c5, 5, padding=2), relu())
-        self.bp = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
-                                nn.Conv2d(c_in, cp, 1), relu())
+        self.b3 = nn.Sequential(
+            nn.Conv2d(c_in, c3r, 1), relu(), nn.Conv2d(c3r, c3, 3, padding=1), relu()
+        )
+        self.b5 = nn.Sequential(
+            nn.Conv2d(c_in, c5r, 1), relu(), nn.Conv2d(c5r, c5, 5, padding=2), relu()
+        )
+        self.bp = nn.Sequential(
+            nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True), nn.Conv2d(c_in, cp, 1), relu()
+        )
         self.out_channels = c1 + c3 + c5 + cp
 
     def forward(self, x):

@@ -4,6 +4,7 @@ With the VGG16 backbone the module names, shapes and crop offsets are those of t
 classic PyTorch port (wkentaro/pytorch-fcn), so its checkpoints load with
 ``load_state_dict(strict=True)`` and give the same outputs.
 """
+
 import torch
 from torch import nn
 
@@ -17,12 +18,19 @@ class _FCN(nn.Module):
     """Shared machinery: backbone layers registered on the model itself, score layers,
     upsampling modules that all dispatch on ``upsample`` ("fused" | "aten")."""
 
-    skip_names = ()          # skip layers used, deepest first: ("pool4", "pool3")
-    skip_scales = ()         # input scaling of each skip (FCN-8s at-once)
+    skip_names = ()  # skip layers used, deepest first: ("pool4", "pool3")
+    skip_scales = ()  # input scaling of each skip (FCN-8s at-once)
     arch = "fcn"
 
-    def __init__(self, num_classes=21, backbone="vgg16", upsample="fused", upscore="deconv",
-                 fixed_final_upsample=True, pretrained=None):
+    def __init__(
+        self,
+        num_classes=21,
+        backbone="vgg16",
+        upsample="fused",
+        upscore="deconv",
+        fixed_final_upsample=True,
+        pretrained=None,
+    ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -34,7 +42,8 @@ class _FCN(nn.Module):
             have = [n for n, c in MODELS.items() if all(s in spec.skips for s in c.skip_names)]
             raise ValueError(
                 f"{type(self).__name__} needs the {'/'.join(missing)} skip layer(s), which backbone "
-                f"{backbone!r} does not provide; with {backbone!r} use {', '.join(have)}")
+                f"{backbone!r} does not provide; with {backbone!r} use {', '.join(have)}"
+            )
         self.num_classes = num_classes
         self.backbone = backbone
         self.upscore_kind = upscore
@@ -48,6 +57,7 @@ class _FCN(nn.Module):
         self.reset_head()
         if pretrained is not None:
             from .weights import load_backbone_weights
+
             load_backbone_weights(self, pretrained)
 
     # -- construction ------------------------------------------------------
@@ -85,8 +95,9 @@ class _FCN(nn.Module):
         stride = int(h.a)
         k = 2 * stride
         self._final = {16: "upscore16", 8: "upscore8"}[stride]
-        setattr(self, self._final,
-                self._upscore(k, stride, crop_offset(h.deconv(k, stride), Coord())))
+        setattr(
+            self, self._final, self._upscore(k, stride, crop_offset(h.deconv(k, stride), Coord()))
+        )
         if "pool3" in self.skip_names:
             self.upscore_pool4 = self._upscore(4, 2, 0)
 
@@ -132,8 +143,9 @@ class _FCN(nn.Module):
         size = x.shape[2:]
         feat, taps = self._features(x)
         h = self.score_fr(feat)
-        for skip, up_name, off, scale in zip(self.skip_names, self._skip_ups, self._skip_offsets,
-                                             self.skip_scales):
+        for skip, up_name, off, scale in zip(
+            self.skip_names, self._skip_ups, self._skip_offsets, self.skip_scales
+        ):
             h = self._modules[up_name](h)
             # Cropping the pool map before the 1x1 score conv equals cropping its output
             # (the classic port's order) and is cheaper.
@@ -158,29 +170,38 @@ class _FCN(nn.Module):
                 continue
             tparams = dict(target.named_parameters(recurse=True))
             if set(tparams) != set(params) or any(
-                    tparams[k].shape != params[k].shape for k in params):
-                bad.append(f"{name}: {[tuple(p.shape) for p in params.values()]} vs "
-                           f"{[tuple(p.shape) for p in tparams.values()]}")
+                tparams[k].shape != params[k].shape for k in params
+            ):
+                bad.append(
+                    f"{name}: {[tuple(p.shape) for p in params.values()]} vs "
+                    f"{[tuple(p.shape) for p in tparams.values()]}"
+                )
                 continue
             for k, p in params.items():
                 tparams[k].copy_(p)
             copied.append(name)
         if bad:
-            raise ValueError("copy_params_from: parameter shapes differ (different backbone or "
-                             "num_classes?): " + "; ".join(bad))
+            raise ValueError(
+                "copy_params_from: parameter shapes differ (different backbone or "
+                "num_classes?): " + "; ".join(bad)
+            )
         if not copied:
-            raise ValueError(f"copy_params_from: {type(other).__name__} shares no layer with "
-                             f"{type(self).__name__}")
+            raise ValueError(
+                f"copy_params_from: {type(other).__name__} shares no layer with "
+                f"{type(self).__name__}"
+            )
         return copied
 
 
 class FCN32s(_FCN):
     """FCN-32s: score_fr upsampled x32 in one step (``upscore``, crop 19 for VGG16)."""
+
     arch = "fcn32s"
 
 
 class FCN16s(_FCN):
     """FCN-16s: x2 (``upscore2``) + ``score_pool4`` (crop 5), then x16 (``upscore16``, crop 27)."""
+
     arch = "fcn16s"
     skip_names = ("pool4",)
     skip_scales = (1,)
@@ -189,6 +210,7 @@ class FCN16s(_FCN):
 class FCN8s(_FCN):
     """FCN-8s: as FCN-16s, then x2 (``upscore_pool4``) + ``score_pool3`` (crop 9), then x8
     (``upscore8``, crop 31)."""
+
     arch = "fcn8s"
     skip_names = ("pool4", "pool3")
     skip_scales = (1, 1)
@@ -196,6 +218,7 @@ class FCN8s(_FCN):
 
 class FCN8sAtOnce(FCN8s):
     """FCN-8s trained in one stage: pool4 scaled by 0.01 and pool3 by 0.0001 before scoring."""
+
     arch = "fcn8s-atonce"
     skip_scales = (0.01, 0.0001)
 

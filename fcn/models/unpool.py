@@ -6,6 +6,7 @@ with pools that return their switch indices; the decoder unpools with those indi
 and follows each unpooling with a 3x3 conv + ReLU. A 1x1 ``score`` conv gives the
 class scores at input resolution, so any input size works (ceil-mode pools).
 """
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,7 +24,8 @@ class FCNUnpool(nn.Module):
         if backbone not in UNPOOL_BACKBONES:
             raise ValueError(
                 f"FCNUnpool supports the VGG-shaped backbones {UNPOOL_BACKBONES} (2x2 pools whose "
-                f"switches the decoder reuses), got {backbone!r}")
+                f"switches the decoder reuses), got {backbone!r}"
+            )
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
@@ -45,12 +47,13 @@ class FCNUnpool(nn.Module):
         # decoder stage b mirrors encoder block b: unpool, then conv to the channels of
         # the block before it (the first block's own channels for block 1).
         for i, pool in enumerate(self._pools):
-            b = pool[len("pool"):]
+            b = pool[len("pool") :]
             c_out = chans[self._pools[i - 1]] if i > 0 else chans[pool]
             setattr(self, f"deconv{b}", nn.Conv2d(chans[pool], c_out, 3, padding=1))
         self.score = nn.Conv2d(chans[self._pools[0]], num_classes, 1)
         if pretrained is not None:
             from .weights import load_backbone_weights
+
             load_backbone_weights(self, pretrained)
 
     def set_upsample(self, mode):
@@ -65,13 +68,21 @@ class FCNUnpool(nn.Module):
             m = self._modules[name]
             if isinstance(m, nn.MaxPool2d):
                 size = x.shape[2:]
-                x, idx = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation,
-                                      ceil_mode=m.ceil_mode, return_indices=True)
+                x, idx = F.max_pool2d(
+                    x,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    ceil_mode=m.ceil_mode,
+                    return_indices=True,
+                )
                 switches.append((name, idx, size, m))
             else:
                 x = m(x)
         for name, idx, size, m in reversed(switches):
-            x = up.max_unpool(x, idx, m.kernel_size, m.stride, m.padding, output_size=size,
-                              mode=self.upsample)
-            x = F.relu(self._modules["deconv" + name[len("pool"):]](x), inplace=True)
+            x = up.max_unpool(
+                x, idx, m.kernel_size, m.stride, m.padding, output_size=size, mode=self.upsample
+            )
+            x = F.relu(self._modules["deconv" + name[len("pool") :]](x), inplace=True)
         return self.score(x)

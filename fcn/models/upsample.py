@@ -5,6 +5,7 @@ Each function takes ``mode``: ``"fused"`` runs the ``fcn_kernels`` operators,
 ``F.interpolate``, ``F.max_unpool2d``). The two give equal results to rounding, so a
 model can switch with ``model.set_upsample(...)``.
 """
+
 from fractions import Fraction
 
 import fcn_kernels as fk
@@ -13,8 +14,18 @@ import torch.nn.functional as F
 from fcn_kernels import bilinear_kernel, deconv_full_size
 from torch import nn
 
-__all__ = ["MODES", "check_mode", "bilinear_kernel", "crop", "conv_transpose_crop", "interpolate",
-           "bilinear_crop", "max_unpool", "UpscoreCrop", "BilinearCrop"]
+__all__ = [
+    "MODES",
+    "check_mode",
+    "bilinear_kernel",
+    "crop",
+    "conv_transpose_crop",
+    "interpolate",
+    "bilinear_crop",
+    "max_unpool",
+    "UpscoreCrop",
+    "BilinearCrop",
+]
 
 MODES = ("fused", "aten")
 
@@ -34,7 +45,8 @@ def _check_window(name, full, offset, size):
     for axis, (n, o, s) in enumerate(zip(full, offset, size)):
         if o < 0 or o + s > n:
             raise ValueError(
-                f"{name}: crop [{o}, {o}+{s}) on axis {axis + 2} does not fit in a map of size {n}")
+                f"{name}: crop [{o}, {o}+{s}) on axis {axis + 2} does not fit in a map of size {n}"
+            )
 
 
 def crop(x: torch.Tensor, offset, size) -> torch.Tensor:
@@ -42,7 +54,7 @@ def crop(x: torch.Tensor, offset, size) -> torch.Tensor:
     oy, ox = _pair(offset)
     h, w = _pair(size)
     _check_window("crop", x.shape[2:], (oy, ox), (h, w))
-    return x[:, :, oy:oy + h, ox:ox + w]
+    return x[:, :, oy : oy + h, ox : ox + w]
 
 
 def conv_transpose_crop(x, weight, bias=None, stride=1, offset=0, size=None, mode="fused"):
@@ -58,12 +70,11 @@ def conv_transpose_crop(x, weight, bias=None, stride=1, offset=0, size=None, mod
     size = _pair(size)
     _check_window("conv_transpose_crop", full, offset, size)
     if mode == "fused":
-        return fk.conv_transpose2d_crop(
-            x, weight, bias, stride=stride, offset=offset, size=size)
+        return fk.conv_transpose2d_crop(x, weight, bias, stride=stride, offset=offset, size=size)
     if mode != "aten":
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
     y = F.conv_transpose2d(x, weight, bias, stride=stride)
-    return y[:, :, offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]]
+    return y[:, :, offset[0] : offset[0] + size[0], offset[1] : offset[1] + size[1]]
 
 
 def interpolate(x, size=None, scale_factor=None, align_corners=False, mode="fused"):
@@ -72,8 +83,9 @@ def interpolate(x, size=None, scale_factor=None, align_corners=False, mode="fuse
         return fk.bilinear_upsample(x, size, scale_factor, align_corners)
     if mode != "aten":
         raise ValueError(f"upsample must be one of {MODES}, got {mode!r}")
-    return F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear",
-                         align_corners=align_corners)
+    return F.interpolate(
+        x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=align_corners
+    )
 
 
 def bilinear_crop(x, kernel_size, stride, offset=0, size=None, mode="fused"):
@@ -104,7 +116,8 @@ def bilinear_crop(x, kernel_size, stride, offset=0, size=None, mode="fused"):
         if shift.denominator != 1:
             raise ValueError(
                 f"bilinear_crop: kernel {kk} with stride {ss} has no integer alignment with "
-                "bilinear interpolation")
+                "bilinear interpolation"
+            )
         shifts.append(int(shift))
     starts = [o - sh for o, sh in zip(offset, shifts)]
     # Replicate-pad the input (interpolation clamps to the edge value anyway) when the
@@ -121,8 +134,12 @@ def bilinear_crop(x, kernel_size, stride, offset=0, size=None, mode="fused"):
         starts = [st + lo * ss for st, (lo, _), ss in zip(starts, pads, s)]
     n = tuple(x.shape[2:])
     if odd:
-        y = interpolate(x, size=tuple(ss * (nn_ - 1) + 1 for ss, nn_ in zip(s, n)),
-                        align_corners=True, mode=mode)
+        y = interpolate(
+            x,
+            size=tuple(ss * (nn_ - 1) + 1 for ss, nn_ in zip(s, n)),
+            align_corners=True,
+            mode=mode,
+        )
     else:
         y = interpolate(x, scale_factor=tuple(float(ss) for ss in s), mode=mode)
     return crop(y, starts, size)
@@ -142,15 +159,17 @@ class UpscoreCrop(nn.ConvTranspose2d):
     forward is deconvolution + crop at ``offset`` to ``size`` in one call: fused
     (``fcn_kernels.conv_transpose2d_crop``) or ATen (``F.conv_transpose2d`` + slicing)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, offset=0, bias=False,
-                 upsample="fused"):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, offset=0, bias=False, upsample="fused"
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
         self.offset = _pair(offset)
         self.upsample = upsample
 
     def forward(self, x, size=None):
-        return conv_transpose_crop(x, self.weight, self.bias, self.stride, self.offset, size,
-                                   self.upsample)
+        return conv_transpose_crop(
+            x, self.weight, self.bias, self.stride, self.offset, size, self.upsample
+        )
 
     def extra_repr(self):
         return super().extra_repr() + f", offset={self.offset}, upsample={self.upsample!r}"
@@ -172,5 +191,7 @@ class BilinearCrop(nn.Module):
         return bilinear_crop(x, self.kernel_size, self.stride, self.offset, size, self.upsample)
 
     def extra_repr(self):
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, offset={self.offset}, "
-                f"upsample={self.upsample!r}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, offset={self.offset}, "
+            f"upsample={self.upsample!r}"
+        )

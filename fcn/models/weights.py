@@ -2,6 +2,7 @@
 
 No network access: everything is read from a local file (or an in-memory dict).
 """
+
 import os
 from collections import OrderedDict
 
@@ -10,14 +11,38 @@ from torch import nn
 
 # torchvision layouts: index of each conv in `features`, of fc6/fc7 in `classifier`.
 _TV_VGG16_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-_TV_VGG16_NAMES = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-                   "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
+_TV_VGG16_NAMES = [
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
+]
 _TV = {
-    "vgg16": (dict(zip(_TV_VGG16_NAMES, (f"features.{i}" for i in _TV_VGG16_CONVS))),
-              {"fc6": "classifier.0", "fc7": "classifier.3"}, "classifier.6"),
-    "alexnet": ({"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
-                 "conv4": "features.8", "conv5": "features.10"},
-                {"fc6": "classifier.1", "fc7": "classifier.4"}, "classifier.6"),
+    "vgg16": (
+        dict(zip(_TV_VGG16_NAMES, (f"features.{i}" for i in _TV_VGG16_CONVS))),
+        {"fc6": "classifier.0", "fc7": "classifier.3"},
+        "classifier.6",
+    ),
+    "alexnet": (
+        {
+            "conv1": "features.0",
+            "conv2": "features.3",
+            "conv3": "features.6",
+            "conv4": "features.8",
+            "conv5": "features.10",
+        },
+        {"fc6": "classifier.1", "fc7": "classifier.4"},
+        "classifier.6",
+    ),
 }
 
 
@@ -31,7 +56,8 @@ def _read(source, weights_only=True):
             if weights_only:
                 raise ValueError(
                     f"cannot read {source!r} with weights_only=True ({e}); if you trust the "
-                    "file, pass weights_only=False") from e
+                    "file, pass weights_only=False"
+                ) from e
             raise
     return source
 
@@ -48,10 +74,9 @@ def extract_state_dict(obj):
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError("no tensors found in the checkpoint (keys: "
-                         f"{sorted(obj)[:10]})")
+        raise ValueError(f"no tensors found in the checkpoint (keys: {sorted(obj)[:10]})")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return OrderedDict(tensors)
 
 
@@ -59,8 +84,11 @@ def _mismatch_report(expected: dict, given: dict, ignore=()):
     """missing, unexpected, mis-shaped keys of `given` against `expected` (name -> shape)."""
     missing = sorted(k for k in expected if k not in given)
     unexpected = sorted(k for k in given if k not in expected and k not in ignore)
-    misshaped = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(given[k].shape)}"
-                       for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k]))
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k])}, got {tuple(given[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k])
+    )
     return missing, unexpected, misshaped
 
 
@@ -85,8 +113,11 @@ def load_checkpoint(model: nn.Module, checkpoint, strict=True, weights_only=True
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing, unexpected, misshaped = _mismatch_report(expected, sd)
     if strict and (missing or unexpected or misshaped):
-        raise ValueError(_format(f"checkpoint does not match {type(model).__name__}:",
-                                 missing, unexpected, misshaped))
+        raise ValueError(
+            _format(
+                f"checkpoint does not match {type(model).__name__}:", missing, unexpected, misshaped
+            )
+        )
     bad = {m.split(":")[0] for m in misshaped}
     load = {k: v for k, v in sd.items() if k in expected and k not in bad}
     model.load_state_dict(load, strict=strict)
@@ -101,8 +132,10 @@ def load_backbone_weights(model: nn.Module, source, weights_only=True):
     ignored. Mismatches raise a ValueError listing the keys. Returns the loaded names."""
     backbone = getattr(model, "backbone", None)
     if backbone not in _TV:
-        raise ValueError(f"pretrained weights convert only for backbones {sorted(_TV)}; "
-                         f"this model's backbone is {backbone!r}")
+        raise ValueError(
+            f"pretrained weights convert only for backbones {sorted(_TV)}; "
+            f"this model's backbone is {backbone!r}"
+        )
     sd = extract_state_dict(_read(source, weights_only))
     convs, fcs, final = _TV[backbone]
     children = dict(model.named_children())
@@ -123,9 +156,14 @@ def load_backbone_weights(model: nn.Module, source, weights_only=True):
         ignore |= {f"{t}.{p}" for t in fcs.values() for p in ("weight", "bias")}
     missing, unexpected, misshaped = _mismatch_report(expected, sd, ignore)
     if missing or unexpected or misshaped:
-        raise ValueError(_format(
-            f"not a torchvision {backbone} state_dict for this model:", missing, unexpected,
-            misshaped))
+        raise ValueError(
+            _format(
+                f"not a torchvision {backbone} state_dict for this model:",
+                missing,
+                unexpected,
+                misshaped,
+            )
+        )
     with torch.no_grad():
         for k, p in targets.items():
             p.copy_(sd[k].reshape(p.shape).to(p.dtype))

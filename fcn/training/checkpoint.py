@@ -1,12 +1,19 @@
 """Checkpoint I/O: atomic file writes (a crash leaves the old file or the new one,
 never a torn one), training checkpoints, and models built from checkpoints."""
+
 import io
 import os
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "atomic_write_text", "save_checkpoint",
-           "load_training_checkpoint", "build_from_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "save_checkpoint",
+    "load_training_checkpoint",
+    "build_from_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "fcn-kernels-checkpoint-1"
 
@@ -52,22 +59,33 @@ def load_training_checkpoint(path):
     return ck
 
 
-def build_from_checkpoint(path_or_ck, arch=None, backbone=None, num_classes=None,
-                          upsample=None, device="cpu"):
+def build_from_checkpoint(
+    path_or_ck, arch=None, backbone=None, num_classes=None, upsample=None, device="cpu"
+):
     """Model from a checkpoint of `fcn train` (architecture read from it) or of the
     classic port / a bare state_dict (give arch, backbone, num_classes). Returns
     ``(model, checkpoint_dict)``."""
     from ..models import build_model, load_checkpoint
-    ck = load_training_checkpoint(path_or_ck) if isinstance(path_or_ck, (str, os.PathLike)) \
+
+    ck = (
+        load_training_checkpoint(path_or_ck)
+        if isinstance(path_or_ck, (str, os.PathLike))
         else path_or_ck
+    )
     cfg = ck.get("config") or {}
     arch = arch or ck.get("arch") or None
     backbone = backbone or cfg.get("backbone")
     num_classes = num_classes or ck.get("num_classes")
     if not (arch and backbone and num_classes):
-        raise ValueError("the checkpoint does not say which model it holds; give arch, backbone "
-                         "and num_classes (--arch, --backbone, --num-classes)")
-    model = build_model(arch, backbone=backbone, num_classes=int(num_classes),
-                        upsample=upsample or cfg.get("upsample", "fused"))
+        raise ValueError(
+            "the checkpoint does not say which model it holds; give arch, backbone "
+            "and num_classes (--arch, --backbone, --num-classes)"
+        )
+    model = build_model(
+        arch,
+        backbone=backbone,
+        num_classes=int(num_classes),
+        upsample=upsample or cfg.get("upsample", "fused"),
+    )
     load_checkpoint(model, ck)
     return model.to(device), ck

@@ -12,13 +12,14 @@ use) the defaults are the port's: lr 1e-10, momentum 0.99, batch 1. The two agre
 when ``lr_mean ~= lr_sum * pixels_per_image * (1 - 0.9) / (1 - 0.99)``: a 500x375 VOC
 image has ~1.9e5 pixels, so 1e-10 on the sum ~ 1.9e-4 on the mean with momentum 0.9.
 """
+
 from dataclasses import dataclass
 
 __all__ = ["TrainConfig", "default_lr", "default_momentum", "stages_for", "STAGE_ORDER"]
 
 # pixel-averaged loss, momentum 0.9 (FCN paper, section 4.1; tiny: tuned for the demo)
 MEAN_LOSS_LR = {"alexnet": 1e-3, "vgg16": 1e-4, "googlenet": 1e-5, "tiny": 0.1}
-SUM_LOSS_LR = 1e-10          # classic port: summed loss, batch 1
+SUM_LOSS_LR = 1e-10  # classic port: summed loss, batch 1
 SUM_LOSS_MOMENTUM = 0.99
 MEAN_LOSS_MOMENTUM = 0.9
 STAGE_ORDER = ("fcn32s", "fcn16s", "fcn8s")
@@ -36,42 +37,43 @@ def default_momentum(loss="mean"):
 
 @dataclass
 class TrainConfig:
-    arch: str = "fcn8s"             # fcn32s | fcn16s | fcn8s | fcn8s-atonce | unpool
-    backbone: str = "tiny"          # vgg16 | alexnet | googlenet | tiny
-    upsample: str = "fused"         # fused (fcn_kernels) | aten
-    staged: bool = False            # train fcn32s -> fcn16s -> ... -> arch, each from the last
-    init_from: str = None           # checkpoint to initialise from (copy_params_from)
-    pretrained: str = None          # torchvision-format backbone weights (vgg16/alexnet)
-    data: str = "synthetic"         # "synthetic" or a VOC-layout folder
+    arch: str = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s-atonce | unpool
+    backbone: str = "tiny"  # vgg16 | alexnet | googlenet | tiny
+    upsample: str = "fused"  # fused (fcn_kernels) | aten
+    staged: bool = False  # train fcn32s -> fcn16s -> ... -> arch, each from the last
+    init_from: str = None  # checkpoint to initialise from (copy_params_from)
+    pretrained: str = None  # torchvision-format backbone weights (vgg16/alexnet)
+    data: str = "synthetic"  # "synthetic" or a VOC-layout folder
     train_split: str = "train"
     val_split: str = "val"
-    size: int = 64                  # synthetic image size
-    num_train: int = None           # synthetic: number of train images (default 256)
-    num_val: int = None             # synthetic: number of val images (default 64)
-    data_seed: int = 0              # synthetic: which images
-    num_classes: int = None         # VOC folder: number of classes (default 21)
-    norm: str = "torchvision"       # input normalisation: torchvision | caffe
-    epochs: int = 10                # per stage
-    max_steps: int = None           # per stage: stop after this many optimizer steps
-    batch_size: int = 8             # per process
-    lr: float = None                # default: default_lr(backbone, loss)
-    momentum: float = None          # default: 0.9 (mean loss) / 0.99 (sum loss)
+    size: int = 64  # synthetic image size
+    num_train: int = None  # synthetic: number of train images (default 256)
+    num_val: int = None  # synthetic: number of val images (default 64)
+    data_seed: int = 0  # synthetic: which images
+    num_classes: int = None  # VOC folder: number of classes (default 21)
+    norm: str = "torchvision"  # input normalisation: torchvision | caffe
+    epochs: int = 10  # per stage
+    max_steps: int = None  # per stage: stop after this many optimizer steps
+    batch_size: int = 8  # per process
+    lr: float = None  # default: default_lr(backbone, loss)
+    momentum: float = None  # default: 0.9 (mean loss) / 0.99 (sum loss)
     weight_decay: float = 5e-4
-    loss: str = "mean"              # mean: averaged over labelled pixels; sum: summed per image
-    dropout: bool = True            # keep the backbone's fc6/fc7 dropout
-    flip: bool = False              # random horizontal flips
+    loss: str = "mean"  # mean: averaged over labelled pixels; sum: summed per image
+    dropout: bool = True  # keep the backbone's fc6/fc7 dropout
+    flip: bool = False  # random horizontal flips
     seed: int = 0
     deterministic: bool = False
-    amp: bool = None                # default: on for CUDA
+    amp: bool = None  # default: on for CUDA
     device: str = "auto"
     out: str = "runs/fcn"
     resume: bool = False
     quiet: bool = False
     num_workers: int = 0
-    eval_every: int = 1             # evaluate every N epochs (and always after the last)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
 
     def check(self):
         from ..models import BACKBONES, MODELS, UPSAMPLE_MODES
+
         if self.arch not in MODELS:
             raise ValueError(f"arch must be one of {sorted(MODELS)}, got {self.arch!r}")
         if self.backbone not in BACKBONES:
@@ -112,4 +114,4 @@ def stages_for(cfg):
     """Model names trained in order."""
     if not cfg.staged:
         return [cfg.arch]
-    return list(STAGE_ORDER[:STAGE_ORDER.index(cfg.arch) + 1])
+    return list(STAGE_ORDER[: STAGE_ORDER.index(cfg.arch) + 1])

@@ -1,4 +1,5 @@
 """Where training runs: the device, and the process group under torchrun."""
+
 import os
 
 import torch
@@ -36,6 +37,7 @@ class DistContext:
         self.owns_group = False
         if self.world > 1:
             import torch.distributed as dist
+
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
                 self.owns_group = True
@@ -47,16 +49,19 @@ class DistContext:
     def all_reduce(self, t):
         if self.world > 1:
             import torch.distributed as dist
+
             dist.all_reduce(t)
         return t
 
     def barrier(self):
         if self.world > 1:
             import torch.distributed as dist
+
             dist.barrier()
 
     def close(self):
         if self.owns_group:
             import torch.distributed as dist
+
             dist.destroy_process_group()
             self.owns_group = False

@@ -1,4 +1,5 @@
 """Evaluation during and after training, progress bars and the per-stage logs."""
+
 import csv
 import io
 import json
@@ -23,8 +24,9 @@ def evaluate(model, dataset, device="cpu", batch_size=8, dist=None, amp=False, p
     model.eval()
     rank, world = (dist.rank, dist.world) if dist else (0, 1)
     idx = list(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx),
-                                         batch_size=batch_size, collate_fn=pad_collate)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, idx), batch_size=batch_size, collate_fn=pad_collate
+    )
     n = dataset.num_classes
     hist = torch.zeros(n, n, dtype=torch.int64)
     device = torch.device(device)
@@ -44,6 +46,7 @@ def progress_bar(it, enabled, **kw):
     if not enabled:
         return it
     from tqdm import tqdm
+
     return tqdm(it, leave=False, dynamic_ncols=True, **kw)
 
 
@@ -55,5 +58,6 @@ def write_logs(stage_dir, history):
     for rec in history:
         w.writerow({k: rec.get(k, "") for k in CSV_FIELDS})
     atomic_write_text(os.path.join(stage_dir, "log.csv"), buf.getvalue())
-    atomic_write_text(os.path.join(stage_dir, "log.json"),
-                      json.dumps(history, indent=1, allow_nan=True))
+    atomic_write_text(
+        os.path.join(stage_dir, "log.json"), json.dumps(history, indent=1, allow_nan=True)
+    )

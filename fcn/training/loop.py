@@ -1,5 +1,6 @@
 """The training loop: one stage (model, optimizer, resume, epochs, checkpoints) and
 :func:`train`, which runs the stages in order, each initialised from the last."""
+
 import dataclasses
 import math
 import os
@@ -11,7 +12,12 @@ from torch import nn
 
 from .. import metrics as M
 from ..data import build_dataset, pad_collate
-from .checkpoint import CHECKPOINT_FORMAT, build_from_checkpoint, load_training_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    build_from_checkpoint,
+    load_training_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig, stages_for
 from .distributed import DistContext
 from .evaluation import evaluate, progress_bar, write_logs
@@ -44,15 +50,23 @@ def _disable_dropout(model):
 def _build_stage_model(cfg, arch, stage_index, init_model, num_classes, log):
     """The stage's model, initialised (seeded) and copied from the previous stage."""
     from ..models import build_model
+
     torch.manual_seed(seed_for(cfg.seed, stage_index, 0xF00D))
-    model = build_model(arch, backbone=cfg.backbone, num_classes=num_classes,
-                        upsample=cfg.upsample, pretrained=cfg.pretrained)
+    model = build_model(
+        arch,
+        backbone=cfg.backbone,
+        num_classes=num_classes,
+        upsample=cfg.upsample,
+        pretrained=cfg.pretrained,
+    )
     if cfg.pretrained is None:
         _scratch_init(model)
     if init_model is not None:
         if not hasattr(model, "copy_params_from"):
-            raise ValueError(f"{arch} cannot be initialised from another model (no copy_params_from); "
-                             "drop --init-from")
+            raise ValueError(
+                f"{arch} cannot be initialised from another model (no copy_params_from); "
+                "drop --init-from"
+            )
         copied = model.copy_params_from(init_model)
         log(f"{arch}: initialised from {type(init_model).__name__} ({len(copied)} layers copied)")
     if not cfg.dropout:
@@ -66,19 +80,26 @@ def _resume(cfg, arch, num_classes, last_path, model, opt, scaler, log):
     if not (cfg.resume and os.path.isfile(last_path)):
         return 0, 0, [], -math.inf
     ck = load_training_checkpoint(last_path)
-    if ck.get("arch") != arch or ck.get("num_classes") != num_classes or \
-            (ck.get("config") or {}).get("backbone") != cfg.backbone:
-        raise ValueError(f"--resume: {last_path} holds {ck.get('arch')}/"
-                         f"{(ck.get('config') or {}).get('backbone')} with {ck.get('num_classes')} "
-                         f"classes, not {arch}/{cfg.backbone} with {num_classes}")
+    if (
+        ck.get("arch") != arch
+        or ck.get("num_classes") != num_classes
+        or (ck.get("config") or {}).get("backbone") != cfg.backbone
+    ):
+        raise ValueError(
+            f"--resume: {last_path} holds {ck.get('arch')}/"
+            f"{(ck.get('config') or {}).get('backbone')} with {ck.get('num_classes')} "
+            f"classes, not {arch}/{cfg.backbone} with {num_classes}"
+        )
     model.load_state_dict(ck["model_state_dict"])
     opt.load_state_dict(ck["optim_state_dict"])
     if ck.get("scaler_state_dict"):
         scaler.load_state_dict(ck["scaler_state_dict"])
     start_epoch, step = int(ck["epoch"]), int(ck.get("step", 0))
     history = list(ck.get("history", []))
-    best = max([h["mean_iu"] for h in history if not math.isnan(h.get("mean_iu", math.nan))],
-               default=-math.inf)
+    best = max(
+        [h["mean_iu"] for h in history if not math.isnan(h.get("mean_iu", math.nan))],
+        default=-math.inf,
+    )
     log(f"{arch}: resumed from {last_path} at epoch {start_epoch}, step {step}")
     return start_epoch, step, history, best
 
@@ -86,6 +107,7 @@ def _resume(cfg, arch, num_classes, last_path, model, opt, scaler, log):
 @dataclasses.dataclass
 class _Stage:
     """What one stage's epochs share."""
+
     cfg: TrainConfig
     arch: str
     model: nn.Module
@@ -117,7 +139,8 @@ def _train_epoch(st, loader, desc):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{st.arch}: loss is {loss.item()} at step {st.step + 1}; lower the learning rate "
-                f"(--lr, now {cfg.effective_lr:g})")
+                f"(--lr, now {cfg.effective_lr:g})"
+            )
         st.opt.zero_grad(set_to_none=True)
         st.scaler.scale(loss).backward()
         st.scaler.step(st.opt)
@@ -136,8 +159,12 @@ def _train_epoch(st, loader, desc):
 
 def _checkpoint(st, num_classes, class_names, epoch, rec, history):
     return {
-        "format": CHECKPOINT_FORMAT, "arch": st.arch, "num_classes": num_classes,
-        "class_names": list(class_names), "epoch": epoch, "step": st.step,
+        "format": CHECKPOINT_FORMAT,
+        "arch": st.arch,
+        "num_classes": num_classes,
+        "class_names": list(class_names),
+        "epoch": epoch,
+        "step": st.step,
         "config": dataclasses.asdict(st.cfg),
         "metrics": {k: rec[k] for k in M.METRICS if k in rec},
         "history": history,
@@ -156,22 +183,31 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
 
     model = _build_stage_model(cfg, arch, stage_index, init_model, num_classes, log).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=cfg.effective_momentum,
-                          weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        params, lr=cfg.effective_lr, momentum=cfg.effective_momentum, weight_decay=cfg.weight_decay
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start_epoch, step, history, best = _resume(cfg, arch, num_classes, last_path, model, opt,
-                                               scaler, log)
+    start_epoch, step, history, best = _resume(
+        cfg, arch, num_classes, last_path, model, opt, scaler, log
+    )
     train_model = model
     if dist.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     progress = not cfg.quiet and dist.main and sys.stderr.isatty()
     st = _Stage(cfg, arch, model, train_model, opt, scaler, amp, dist, progress, step)
 
     sampler = torch.utils.data.DistributedSampler(
-        train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                                         collate_fn=pad_collate, num_workers=cfg.num_workers)
+        train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=pad_collate,
+        num_workers=cfg.num_workers,
+    )
     epochs = cfg.epochs
     if cfg.max_steps is not None:
         epochs = min(epochs, math.ceil(cfg.max_steps / len(loader)))
@@ -187,19 +223,32 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
         t0 = time.perf_counter()
         loss_sum, loss_n, images, stopped = _train_epoch(st, loader, f"{arch} {epoch + 1}/{epochs}")
         elapsed = time.perf_counter() - t0
-        mean_loss = dist.all_reduce(torch.tensor([loss_sum, loss_n], dtype=torch.float64, device=device))
-        rec = {"epoch": epoch + 1, "step": st.step, "train_loss": float(mean_loss[0] / max(mean_loss[1], 1)),
-               "lr": cfg.effective_lr, "epoch_time_s": round(elapsed, 4),
-               "img_per_s": round(images / max(elapsed, 1e-9), 3)}
+        mean_loss = dist.all_reduce(
+            torch.tensor([loss_sum, loss_n], dtype=torch.float64, device=device)
+        )
+        rec = {
+            "epoch": epoch + 1,
+            "step": st.step,
+            "train_loss": float(mean_loss[0] / max(mean_loss[1], 1)),
+            "lr": cfg.effective_lr,
+            "epoch_time_s": round(elapsed, 4),
+            "img_per_s": round(images / max(elapsed, 1e-9), 3),
+        }
         last = epoch + 1 == epochs or stopped
         if val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            rec.update(M.jsonable_scores(M.scores(evaluate(model, val_set, device, cfg.batch_size, dist, amp))))
+            rec.update(
+                M.jsonable_scores(
+                    M.scores(evaluate(model, val_set, device, cfg.batch_size, dist, amp))
+                )
+            )
         else:
             rec.update(dict.fromkeys(M.SUMMARY_METRICS, math.nan))
         history.append(rec)
-        log(f"{arch} epoch {epoch + 1}/{epochs}  step {st.step}  loss {rec['train_loss']:.4f}  "
+        log(
+            f"{arch} epoch {epoch + 1}/{epochs}  step {st.step}  loss {rec['train_loss']:.4f}  "
             f"mIoU {100 * rec['mean_iu']:.2f}  acc {100 * rec['acc']:.2f}  "
-            f"{rec['img_per_s']:.1f} img/s")
+            f"{rec['img_per_s']:.1f} img/s"
+        )
         if dist.main:
             ck = _checkpoint(st, num_classes, train_set.class_names, epoch + 1, rec, history)
             save_checkpoint(last_path, ck)
@@ -211,9 +260,14 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
     if start_epoch >= epochs or (stopped and not history):
         log(f"{arch}: already trained ({start_epoch} epochs in {last_path})")
     final = history[-1] if history else {}
-    return model, {"arch": arch, "checkpoint": last_path, "class_names": list(train_set.class_names),
-                   "history": history, "metrics": {k: final.get(k) for k in M.METRICS},
-                   "steps": st.step}
+    return model, {
+        "arch": arch,
+        "checkpoint": last_path,
+        "class_names": list(train_set.class_names),
+        "history": history,
+        "metrics": {k: final.get(k) for k in M.METRICS},
+        "steps": st.step,
+    }
 
 
 def train(cfg: TrainConfig, log=None):
@@ -222,20 +276,44 @@ def train(cfg: TrainConfig, log=None):
     cfg.check()
     dist = DistContext(cfg.device)
     if log is None:
-        log = (lambda msg: print(msg, flush=True)) if (dist.main and not cfg.quiet) else (lambda msg: None)
+        log = (
+            (lambda msg: print(msg, flush=True))
+            if (dist.main and not cfg.quiet)
+            else (lambda msg: None)
+        )
     prev_modes = set_deterministic(cfg.deterministic)
     try:
         if dist.main:
             os.makedirs(cfg.out, exist_ok=True)
-        train_set = build_dataset(cfg.data, cfg.train_split, cfg.norm, cfg.size, cfg.num_train,
-                                  cfg.data_seed, cfg.num_classes or 21)
-        val_set = build_dataset(cfg.data, cfg.val_split, cfg.norm, cfg.size, cfg.num_val,
-                                cfg.data_seed, cfg.num_classes or 21) if cfg.val_split else None
-        log(f"training {' -> '.join(stages_for(cfg))} ({cfg.backbone}, upsample={cfg.upsample}) on "
+        train_set = build_dataset(
+            cfg.data,
+            cfg.train_split,
+            cfg.norm,
+            cfg.size,
+            cfg.num_train,
+            cfg.data_seed,
+            cfg.num_classes or 21,
+        )
+        val_set = (
+            build_dataset(
+                cfg.data,
+                cfg.val_split,
+                cfg.norm,
+                cfg.size,
+                cfg.num_val,
+                cfg.data_seed,
+                cfg.num_classes or 21,
+            )
+            if cfg.val_split
+            else None
+        )
+        log(
+            f"training {' -> '.join(stages_for(cfg))} ({cfg.backbone}, upsample={cfg.upsample}) on "
             f"{cfg.data} ({len(train_set)} train / {len(val_set) if val_set else 0} val images), "
             f"{dist.world} process(es) on {dist.device}; lr {cfg.effective_lr:g}, momentum "
             f"{cfg.effective_momentum:g}, weight decay {cfg.weight_decay:g}, {cfg.loss} loss, "
-            f"batch {cfg.batch_size}/process")
+            f"batch {cfg.batch_size}/process"
+        )
         init = None
         if cfg.init_from:
             init, _ = build_from_checkpoint(cfg.init_from)

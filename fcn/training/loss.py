@@ -1,4 +1,5 @@
 """The segmentation loss."""
+
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX
