@@ -431,7 +431,9 @@ def test_cached_diagonal_check_follows_the_weight(gdev):
     assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
     dense = torch.randn(3, 3, 4, 4, dtype=torch.float64, device=gdev)
     assert_close(fk.conv_transpose2d_crop(x, dense, **kw), ref(dense))
-    assert_close(fk.conv_transpose2d_crop(x.float(), w.float(), **kw), ref(w.float()), torch.float32)
+    assert_close(
+        fk.conv_transpose2d_crop(x.float(), w.float(), **kw), ref(w.float()), torch.float32
+    )
     with torch.inference_mode():  # no version counter: never cached, still right
         wi = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev)
         assert_close(fk.conv_transpose2d_crop(x, wi, **kw), ref(wi))

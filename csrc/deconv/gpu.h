@@ -213,10 +213,10 @@ std::pair<at::Tensor, at::Tensor> cached_diagonal_check(const at::Tensor& weight
   auto result = diagonal_check<L>(w, cin_g);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(mutex);
-    entries->push_front(DiagCheckEntry{
-        c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-            weight.getIntrusivePtr()),
-        version, stream, weight.const_data_ptr(), weight.scalar_type(), result});
+    entries->push_front(
+        DiagCheckEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                           weight.getIntrusivePtr()),
+                       version, stream, weight.const_data_ptr(), weight.scalar_type(), result});
     if (entries->size() > kEntries) entries->pop_back();
   }
   return result;
