@@ -226,7 +226,10 @@ std::pair<at::Tensor, at::Tensor> cached_diagonal_check(const at::Tensor& weight
 // Dense path: ATen's convolution computing just the crop. Per axis, the crop starts
 // `off` into the full map and leaves `tail` at its end; raising the padding by
 // m = min(off, tail) drops m from both ends, so only (off - m) at the start or
-// (tail - m) at the end remain to be narrowed away.
+// (tail - m) at the end remain to be narrowed away. The padding handed to ATen stays
+// within d*(K-1), where the equivalent direct convolution's padding is still >= 0:
+// beyond it oneDNN's bfloat16 kernels crash and cuDNN need not accept it (m may then be
+// negative: the user's own padding is partly undone and narrowed instead).
 // ---------------------------------------------------------------------------------
 struct DenseAxes {
   std::vector<int64_t> pad, lead, trail, out_pad;  // padding + m, off - m, tail - m, op
@@ -244,7 +247,8 @@ inline DenseAxes dense_axes(at::IntArrayRef in, at::IntArrayRef out, at::IntArra
   for (int a = 0; a < 2; ++a) {
     const int64_t full0 = deconv_full_size(in[a], K[a], stride[a], padding[a], dilation[a], 0);
     const int64_t tail = full0 - offset[a] - out[a];
-    const int64_t m = std::min(offset[a], std::max<int64_t>(tail, 0));
+    const int64_t m =
+        std::min({offset[a], std::max<int64_t>(tail, 0), dilation[a] * (K[a] - 1) - padding[a]});
     r.pad.push_back(padding[a] + m);
     r.lead.push_back(offset[a] - m);
     r.trail.push_back(std::max<int64_t>(0, full0 - 2 * m - (offset[a] - m) - out[a]));
@@ -262,7 +266,8 @@ inline at::Tensor dense_forward(const at::Tensor& x, const at::Tensor& w, const 
   for (int a = 0; a < 2; ++a) {
     const int64_t full = deconv_full_size(x.size(2 + a), w.size(2 + a), stride[a], padding[a],
                                           dilation[a], output_padding[a]);
-    const int64_t m = std::min(offset[a], full - offset[a] - size[a]);
+    const int64_t m = std::min(
+        {offset[a], full - offset[a] - size[a], dilation[a] * (w.size(2 + a) - 1) - padding[a]});
     pad.push_back(padding[a] + m);
     start.push_back(offset[a] - m);
   }
@@ -270,6 +275,14 @@ inline at::Tensor dense_forward(const at::Tensor& x, const at::Tensor& w, const 
       at::convolution(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, stride,
                       pad, dilation, /*transposed=*/true, output_padding, groups);
   return in_layout(y.narrow(2, start[0], size[0]).narrow(3, start[1], size[1]), fmt);
+}
+
+// The operands handed to ATen's convolution. Emulated, that convolution is ATen's CPU
+// one standing in for cuDNN, and its bfloat16 channels_last grouped kernels (oneDNN,
+// torch 2.14.1) return wrong values when an output dimension is 1: they get NCHW.
+template <typename L>
+at::Tensor dense_operand(const at::Tensor& t) {
+  return L::kEmulated ? t.contiguous() : t;
 }
 
 // grad zero-extended to G' (only by what the forward's narrowing removed).
@@ -305,8 +318,8 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
   }
   const at::Tensor w = weight.contiguous();
   if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
-    return dense_forward(self, w, bias, stride, padding, output_padding, groups, dilation, offset,
-                         size, fmt);
+    return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
+                         dilation, offset, size, fmt);
   }
   const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
   const at::Tensor &flag = fw.first, &wd = fw.second;
@@ -366,8 +379,9 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
     // input_size rows/columns when output_padding >= stride left extra ones).
-    const at::Tensor full = at::convolution(dense_grad(grad_output, r), w, std::nullopt, stride,
-                                            r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
+    const at::Tensor full =
+        at::convolution(dense_operand<L>(dense_grad(grad_output, r)), w, std::nullopt, stride,
+                        r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
   const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
@@ -437,7 +451,8 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
                                    weight_size.slice(2), stride, padding, dilation, offset);
     const at::Tensor w_like = at::empty(weight_size, self.options());  // sizes only
     const auto grads = at::convolution_backward(
-        dense_grad(grad_output, r), self, w_like, std::nullopt, stride, r.pad, dilation,
+        dense_operand<L>(dense_grad(grad_output, r)), dense_operand<L>(self), w_like, std::nullopt,
+        stride, r.pad, dilation,
         /*transposed=*/true, r.out_pad, groups, {false, true, false});
     return in_layout(std::get<1>(grads), at::MemoryFormat::Contiguous);
   }
