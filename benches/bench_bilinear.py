@@ -1,11 +1,10 @@
 """bilinear_upsample vs F.interpolate(mode="bilinear"): forward, backward, both."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from benches.conftest import DEVICES, QUICK, run
+from benches.conftest import QUICK, op_matrix, run
 
 # FCN shapes (VGG16 FCN at 500x500 input, 21 classes): score maps upsampled x32 / x8,
 # score maps and VGG feature maps x2, a non-integer scale, batch 1 and 8.
@@ -26,12 +25,7 @@ IMPLS = {
 }
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("direction", ["fwd", "bwd", "fwd+bwd"])
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("device", DEVICES)
+@op_matrix(CASES, IMPLS)
 def test_bilinear(benchmark, device, case, dtype, layout, direction, impl):
     shape, kw = CASES[case]
     x = torch.randn(shape, device=device, dtype=getattr(torch, dtype))

@@ -6,12 +6,11 @@ Indices come from max-pooling random maps. `python -m benches.report -k unpool` 
 the table (ours vs ATen, and on CUDA the bandwidth).
 """
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from benches.conftest import DEVICES, QUICK, run
+from benches.conftest import QUICK, op_matrix, run
 
 # name: (N, C, unpooled H, W), kernel, stride
 CASES = {
@@ -27,12 +26,7 @@ if QUICK:
 IMPLS = {"ours": fk.max_unpool2d, "aten": F.max_unpool2d}
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("direction", ["fwd", "bwd", "fwd+bwd"])
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("device", DEVICES)
+@op_matrix(CASES, IMPLS)
 def test_unpool(benchmark, device, case, dtype, layout, direction, impl):
     shape, k, s = CASES[case]
     x = torch.randn(shape, device=device)

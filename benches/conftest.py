@@ -27,3 +27,22 @@ def run(benchmark, fn, device, rounds=None):
     if rounds is None:
         rounds = 2 if QUICK else (20 if torch.device(device).type == "cpu" else 100)
     return benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
+
+
+def op_matrix(cases, impls):
+    """The parameter grid every operator suite runs: device x case x dtype x layout x
+    direction x implementation (ours / aten)."""
+
+    def decorate(test):
+        for name, values in (
+            ("impl", list(impls)),
+            ("direction", ["fwd", "bwd", "fwd+bwd"]),
+            ("layout", ["nchw", "cl"]),
+            ("dtype", ["float32", "bfloat16"]),
+            ("case", list(cases)),
+            ("device", DEVICES),
+        ):
+            test = pytest.mark.parametrize(name, values)(test)
+        return test
+
+    return decorate

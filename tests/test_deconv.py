@@ -15,19 +15,9 @@ from helpers import HAS_CUDA, assert_close
 OPS = torch.ops.fcn_kernels
 
 
-def reference(
-    x,
-    w,
-    b=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
-    offset=(0, 0),
-    size=None,
-):
-    full = F.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+def reference(x, w, b=None, stride=1, offset=(0, 0), size=None, **conv_kw):
+    """F.conv_transpose2d(...) then the crop, as a user writes it."""
+    full = F.conv_transpose2d(x, w, b, stride, **conv_kw)
     oy, ox = offset
     h, w_ = size if size is not None else (full.shape[2] - oy, full.shape[3] - ox)
     return full[..., oy : oy + h, ox : ox + w_]

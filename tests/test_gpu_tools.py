@@ -16,15 +16,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_emulated_ops_exist_for_every_schema():
-    for name in (
-        "bilinear_upsample",
-        "bilinear_upsample_backward",
-        "max_unpool2d",
-        "max_unpool2d_backward",
-        "conv_transpose2d_crop",
-        "conv_transpose2d_crop_backward_input",
-        "conv_transpose2d_crop_backward_weight",
-    ):
+    from fcn_kernels.testing import OPS
+
+    # every fcn_kernels schema has its emulated twin, with the same signature
+    names = {
+        n.split("::")[1]
+        for n in torch._C._dispatch_get_all_op_names()
+        if n.startswith("fcn_kernels::")
+    }
+    assert names == set(OPS) and len(names) == 7
+    for name in OPS:
         emu = getattr(torch.ops.fcn_kernels_emu, name).default
         ref = getattr(torch.ops.fcn_kernels, name).default
         assert str(emu._schema).replace("fcn_kernels_emu", "fcn_kernels") == str(ref._schema)

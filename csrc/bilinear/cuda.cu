@@ -1,4 +1,4 @@
-// Bilinear upsampling on CUDA: bilinear/gpu.h launched by CudaLauncher.
+// bilinear_upsample's GPU code (bilinear/gpu.h) launched by the CUDA launcher.
 #include <torch/library.h>
 
 #include "gpu/cuda_launcher.cuh"
@@ -6,9 +6,6 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) {
-  m.impl("bilinear_upsample", &bilinear_gpu::forward<CudaLauncher>);
-  m.impl("bilinear_upsample_backward", &bilinear_gpu::backward<CudaLauncher>);
-}
+TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) { bilinear_gpu::register_ops<CudaLauncher>(m); }
 
 }  // namespace fcn_kernels

@@ -1,5 +1,5 @@
-// Bilinear upsampling's CUDA code run on the CPU (torch.ops.fcn_kernels_emu): the same
-// bilinear/gpu.h, launched by EmuLauncher.
+// bilinear_upsample's GPU code (bilinear/gpu.h) run on the CPU by the emulating launcher:
+// torch.ops.fcn_kernels_emu.* on CPU tensors (fcn_kernels.testing.emulated_cuda()).
 #include <torch/library.h>
 
 #include "gpu/emu_launcher.h"
@@ -7,9 +7,6 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) {
-  m.impl("bilinear_upsample", &bilinear_gpu::forward<EmuLauncher>);
-  m.impl("bilinear_upsample_backward", &bilinear_gpu::backward<EmuLauncher>);
-}
+TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) { bilinear_gpu::register_ops<EmuLauncher>(m); }
 
 }  // namespace fcn_kernels

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -267,6 +268,14 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, b
         });
       });
   return gx;
+}
+
+// The operators' registrations, for the launcher's library and dispatch key
+// (bilinear/cuda.cu: fcn_kernels/CUDA, bilinear/emu.cpp: fcn_kernels_emu/CPU).
+template <typename L>
+void register_ops(torch::Library& m) {
+  m.impl("bilinear_upsample", &forward<L>);
+  m.impl("bilinear_upsample_backward", &backward<L>);
 }
 
 }  // namespace bilinear_gpu

@@ -96,35 +96,39 @@ inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef s
                     x);
 }
 
-// Argument checks of the two conv_transpose2d_crop backward ops.
+// Argument checks of the two conv_transpose2d_crop backward ops: grad_output beside
+// `operand` (the weight or the input), x / w the forward's input and weight sizes, one of
+// which is the op's size argument `given_name` (input_size or weight_size).
+inline void check_deconv_backward(const at::Tensor& grad_output, const at::Tensor& operand,
+                                  const char* operand_name, at::IntArrayRef x,
+                                  at::IntArrayRef w, const char* given_name,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  int64_t groups, at::IntArrayRef dilation,
+                                  at::IntArrayRef offset) {
+  check_float4d(grad_output, "grad_output");
+  check_float4d(operand, operand_name);
+  TORCH_CHECK_VALUE(x.size() == 4 && w.size() == 4, given_name, " must have 4 elements");
+  check_same(operand, operand_name, grad_output, "grad_output's");
+  check_deconv(x, w, stride, padding, groups, dilation, offset);
+  TORCH_CHECK_VALUE(grad_output.size(0) == x[0] && grad_output.size(1) == w[1] * groups,
+                    "grad_output shape ", grad_output.sizes(), " does not match input ", x,
+                    " and weight ", w);
+}
+
 inline void check_deconv_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                         at::IntArrayRef input_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding, int64_t groups,
                                         at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK_VALUE(input_size.size() == 4, "input_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(weight, "weight");
-  check_same(weight, "weight", grad_output, "grad_output's");
-  check_deconv(input_size, weight.sizes(), stride, padding, groups, dilation, offset);
-  TORCH_CHECK_VALUE(
-      grad_output.size(0) == input_size[0] && grad_output.size(1) == weight.size(1) * groups,
-      "grad_output shape ", grad_output.sizes(), " does not match input_size ", input_size,
-      " and weight ", weight.sizes());
+  check_deconv_backward(grad_output, weight, "weight", input_size, weight.sizes(), "input_size",
+                        stride, padding, groups, dilation, offset);
 }
 
 inline void check_deconv_backward_weight(const at::Tensor& grad_output, const at::Tensor& self,
                                          at::IntArrayRef weight_size, at::IntArrayRef stride,
                                          at::IntArrayRef padding, int64_t groups,
                                          at::IntArrayRef dilation, at::IntArrayRef offset) {
-  TORCH_CHECK_VALUE(weight_size.size() == 4, "weight_size must have 4 elements");
-  check_float4d(grad_output, "grad_output");
-  check_float4d(self, "input");
-  check_same(grad_output, "grad_output", self, "the input's");
-  check_deconv(self.sizes(), weight_size, stride, padding, groups, dilation, offset);
-  TORCH_CHECK_VALUE(
-      grad_output.size(0) == self.size(0) && grad_output.size(1) == weight_size[1] * groups,
-      "grad_output shape ", grad_output.sizes(), " does not match input ", self.sizes(),
-      " and weight_size ", weight_size);
+  check_deconv_backward(grad_output, self, "input", self.sizes(), weight_size, "weight_size",
+                        stride, padding, groups, dilation, offset);
 }
 
 // Every argument check of the conv_transpose2d_crop forward.

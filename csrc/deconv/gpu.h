@@ -18,6 +18,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/convolution.h>
@@ -502,6 +503,15 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
         });
       });
   return gw;
+}
+
+// The three operators' registrations, for the launcher's library and dispatch key
+// (deconv/cuda.cu: fcn_kernels/CUDA, deconv/emu.cpp: fcn_kernels_emu/CPU).
+template <typename L>
+void register_ops(torch::Library& m) {
+  m.impl("conv_transpose2d_crop", &conv_transpose2d_crop_gpu<L>);
+  m.impl("conv_transpose2d_crop_backward_input", &conv_transpose2d_crop_backward_input_gpu<L>);
+  m.impl("conv_transpose2d_crop_backward_weight", &conv_transpose2d_crop_backward_weight_gpu<L>);
 }
 
 }  // namespace deconv_gpu

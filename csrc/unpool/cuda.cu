@@ -1,4 +1,4 @@
-// Max-unpooling on CUDA: the GPU code of unpool/gpu.h run by the CUDA launcher.
+// max_unpool2d's GPU code (unpool/gpu.h) launched by the CUDA launcher.
 #include <torch/library.h>
 
 #include "gpu/cuda_launcher.cuh"
@@ -6,9 +6,6 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) {
-  m.impl("max_unpool2d", &max_unpool2d_gpu<CudaLauncher>);
-  m.impl("max_unpool2d_backward", &max_unpool2d_backward_gpu<CudaLauncher>);
-}
+TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) { register_ops<CudaLauncher>(m); }
 
 }  // namespace fcn_kernels

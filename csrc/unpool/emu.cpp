@@ -1,5 +1,5 @@
-// Max-unpooling's GPU code (unpool/gpu.h) run on the CPU by the emulated launcher:
-// torch.ops.fcn_kernels_emu.max_unpool2d{,_backward}, for tests without a GPU.
+// max_unpool2d's GPU code (unpool/gpu.h) run on the CPU by the emulating launcher:
+// torch.ops.fcn_kernels_emu.* on CPU tensors (fcn_kernels.testing.emulated_cuda()).
 #include <torch/library.h>
 
 #include "gpu/emu_launcher.h"
@@ -7,9 +7,6 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) {
-  m.impl("max_unpool2d", &max_unpool2d_gpu<EmuLauncher>);
-  m.impl("max_unpool2d_backward", &max_unpool2d_backward_gpu<EmuLauncher>);
-}
+TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) { register_ops<EmuLauncher>(m); }
 
 }  // namespace fcn_kernels

@@ -38,6 +38,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -382,6 +383,14 @@ at::Tensor max_unpool2d_backward_gpu(const at::Tensor& grad_output, const at::Te
   });
   if (check && flag.item<int>() != 0) raise_bad_index(indices, u.OH, u.OW);
   return u.out;
+}
+
+// The operators' registrations, for the launcher's library and dispatch key
+// (unpool/cuda.cu: fcn_kernels/CUDA, unpool/emu.cpp: fcn_kernels_emu/CPU).
+template <typename L>
+void register_ops(torch::Library& m) {
+  m.impl("max_unpool2d", &max_unpool2d_gpu<L>);
+  m.impl("max_unpool2d_backward", &max_unpool2d_backward_gpu<L>);
 }
 
 }  // namespace
