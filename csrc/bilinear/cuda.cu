@@ -6,6 +6,8 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) { bilinear_gpu::register_ops<CudaLauncher>(m); }
+TORCH_LIBRARY_IMPL(fcn_kernels, CUDA, m) {
+  bilinear_gpu::register_ops<CudaLauncher>(m);
+}
 
 }  // namespace fcn_kernels

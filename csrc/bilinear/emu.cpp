@@ -7,6 +7,8 @@
 
 namespace fcn_kernels {
 
-TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) { bilinear_gpu::register_ops<EmuLauncher>(m); }
+TORCH_LIBRARY_IMPL(fcn_kernels_emu, CPU, m) {
+  bilinear_gpu::register_ops<EmuLauncher>(m);
+}
 
 }  // namespace fcn_kernels

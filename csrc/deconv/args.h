@@ -100,10 +100,9 @@ inline void check_deconv(at::IntArrayRef x, at::IntArrayRef w, at::IntArrayRef s
 // `operand` (the weight or the input), x / w the forward's input and weight sizes, one of
 // which is the op's size argument `given_name` (input_size or weight_size).
 inline void check_deconv_backward(const at::Tensor& grad_output, const at::Tensor& operand,
-                                  const char* operand_name, at::IntArrayRef x,
-                                  at::IntArrayRef w, const char* given_name,
-                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                  int64_t groups, at::IntArrayRef dilation,
+                                  const char* operand_name, at::IntArrayRef x, at::IntArrayRef w,
+                                  const char* given_name, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, int64_t groups, at::IntArrayRef dilation,
                                   at::IntArrayRef offset) {
   check_float4d(grad_output, "grad_output");
   check_float4d(operand, operand_name);
