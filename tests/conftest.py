@@ -1,9 +1,23 @@
 """Shared fixtures: devices, dtypes and tolerances for comparing with ATen."""
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 import fcn_kernels
+
+# Inductor's on-disk cache does not tell code built under one ATEN_CPU_CAPABILITY from
+# another's: a run under ATEN_CPU_CAPABILITY=avx2 after an AVX-512 run reused the other's
+# kernels and returned NaN (torch 2.14.1). One cache per capability.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"torchinductor_fcn_kernels_{torch.backends.cpu.get_cpu_capability().lower()}",
+    ),
+)
 from fcn_kernels.testing import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and fcn_kernels.cuda_built()
