@@ -5,17 +5,21 @@ capture, benchmark report, everything written under OUTDIR.
 
 For a machine whose python3 already has torch, pytest and pytest-benchmark and which has
 no package index. Steps (each with its own time limit, all within ~8 minutes on a 16-core
-H200 host); a failing step does not stop the later ones:
+H200 host); a failing step does not stop the later ones. Steps, most valuable first:
 
   build        pip install --no-build-isolation --no-deps -e .  (MAX_JOBS = all cores,
                TORCH_CUDA_ARCH_LIST unset: built for the visible GPU)
   sass         python -m benches.sass --check  (the binary just built)
   tests        pytest -m cuda  (every CUDA test)
-  memcheck     compute-sanitizer --tool memcheck  python -m benches.gpu_smoke ops
-  racecheck    compute-sanitizer --tool racecheck python -m benches.gpu_smoke ops
   sync         python -m benches.gpu_smoke sync  (set_sync_debug_mode("error"))
   graph        python -m benches.gpu_smoke graph (FCN-8s training step in a CUDA graph)
   bench        python -m benches.report -k cuda --markdown
+  memcheck     compute-sanitizer --tool memcheck  python -m benches.gpu_smoke ops
+  racecheck    compute-sanitizer --tool racecheck python -m benches.gpu_smoke ops
+
+The whole run keeps within --budget seconds (default 450, for a 15-minute device
+allowance that also pays for the machine's start): each step gets at most the time left,
+and a step that no longer fits is recorded as skipped.
 
 OUTDIR gets <step>.log for each step, summary.json (per step: status, exit code,
 seconds, log tail) and summary.md (the status table and the benchmark table). Without a
@@ -62,6 +66,9 @@ def steps(python, gpu, sanitizer):
         None,
         no_gpu,
     )
+    yield "sync", [python, "-m", "benches.gpu_smoke", "sync"], 60, None, no_gpu
+    yield "graph", [python, "-m", "benches.gpu_smoke", "graph"], 60, None, no_gpu
+    yield "bench", [python, "-m", "benches.report", "-k", "cuda", "--markdown"], 240, None, no_gpu
     for tool in ("memcheck", "racecheck"):
         reason = no_gpu or (None if sanitizer else "compute-sanitizer not found")
         yield (
@@ -81,9 +88,6 @@ def steps(python, gpu, sanitizer):
             None,
             reason,
         )
-    yield "sync", [python, "-m", "benches.gpu_smoke", "sync"], 60, None, no_gpu
-    yield "graph", [python, "-m", "benches.gpu_smoke", "graph"], 60, None, no_gpu
-    yield "bench", [python, "-m", "benches.report", "-k", "cuda", "--markdown"], 240, None, no_gpu
 
 
 def run_step(name, cmd, limit, env, outdir):
@@ -158,6 +162,13 @@ def main(argv=None):
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--no-build", action="store_true", help="use the extension as built")
     ap.add_argument("--only", help="comma-separated steps to run")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=450,
+        help="seconds for the whole run; a step gets at most what is left, and steps "
+        "that no longer fit are recorded as skipped (default 450)",
+    )
     args = ap.parse_args(argv)
     os.makedirs(args.outdir, exist_ok=True)
     gpu = has_gpu(args.python)
@@ -166,15 +177,19 @@ def main(argv=None):
     )
     header = machine(args.python)
     results = []
+    deadline = time.monotonic() + args.budget
     for name, cmd, limit, env, skip in steps(args.python, gpu, sanitizer):
         if args.only and name not in args.only.split(","):
             continue
         if name == "build" and args.no_build:
             skip = "--no-build"
+        left = deadline - time.monotonic()
+        if not skip and left < 10:
+            skip = "out of time (--budget)"
         if skip:
             results.append({"step": name, "status": "skipped", "reason": skip})
         else:
-            results.append(run_step(name, cmd, limit, env, args.outdir))
+            results.append(run_step(name, cmd, min(limit, left), env, args.outdir))
         print(
             f"gpu-check {name:10s} {results[-1]['status']:8s} {results[-1].get('seconds', '')}",
             flush=True,

@@ -164,3 +164,19 @@ def test_emulated_launcher_phases_shared_memory_and_limits():
         emu._launch_self_test(1, 2048, 2048 * 8)
     with pytest.raises(RuntimeError, match="shared memory"):
         emu._launch_self_test(1, 64, 64 * 1024)
+
+
+def test_gpu_check_keeps_within_its_budget(tmp_path):
+    # With no time left every step is recorded as skipped, none is started.
+    out = subprocess.run(
+        [sys.executable, "-m", "benches.gpu_check", str(tmp_path), "--no-build", "--budget", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = json.loads((tmp_path / "summary.json").read_text())["steps"]
+    assert [s["step"] for s in steps][:3] == ["build", "sass", "tests"]
+    assert all(s["status"] == "skipped" for s in steps)
+    assert any(s.get("reason") == "out of time (--budget)" for s in steps)
+    assert not any(tmp_path.glob("*.log"))
