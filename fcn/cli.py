@@ -29,20 +29,21 @@ def _progress(args):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    res = run_demo(
-        out=args.out,
-        steps=args.steps,
-        size=args.size,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        data_seed=args.data_seed,
-        device=args.device,
-        timing_repeat=args.timing_repeat,
-        quiet=args.quiet,
+    names = (
+        "out",
+        "steps",
+        "size",
+        "num_train",
+        "num_val",
+        "batch_size",
+        "lr",
+        "seed",
+        "data_seed",
+        "device",
+        "timing_repeat",
+        "quiet",
     )
+    res = run_demo(**{name: getattr(args, name) for name in names})
     return 0 if res["agreement"] < 1e-4 else 1
 
 

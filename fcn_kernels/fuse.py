@@ -244,9 +244,14 @@ def _rewrite_aten(gm):
             continue
         if what:
             rewrites.append(what)
+    return _finish(gm, rewrites)
+
+
+def _finish(gm, rewrites):
+    """After rewriting: drop the replaced nodes, check and regenerate the module."""
     if rewrites:
-        g.eliminate_dead_code()
-        g.lint()
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
         gm.recompile()
     return rewrites
 
@@ -504,11 +509,7 @@ def _rewrite_fx(gm):
             what = _fx_deconv_crop(gm, node, mod, conv_transpose2d_crop)
             if what:
                 rewrites.append(what)
-    if rewrites:
-        g.eliminate_dead_code()
-        g.lint()
-        gm.recompile()
-    return rewrites
+    return _finish(gm, rewrites)
 
 
 def _fx_deconv_crop(gm, node, mod, op):

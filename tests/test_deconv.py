@@ -23,6 +23,12 @@ def reference(x, w, b=None, stride=1, offset=(0, 0), size=None, **conv_kw):
     return full[..., oy : oy + h, ox : ox + w_]
 
 
+def conv_kwargs(cfg):
+    """The conv_transpose2d_crop keyword arguments of a random_configs() entry."""
+    names = ("stride", "padding", "output_padding", "groups", "dilation", "offset", "size")
+    return {name: cfg[name] for name in names}
+
+
 def diagonal(w, groups=1):
     """Zero the off-diagonal channel entries of each group's block."""
     cin, cg = w.shape[:2]
@@ -160,15 +166,7 @@ def test_random_configs_forward_backward(cfg):
         x = x.to(memory_format=torch.channels_last)
     w = rand_weight(cfg["cin"], cfg["cg"], *cfg["k"], diag=cfg["diag"], groups=g)
     b = torch.randn(cfg["cg"] * g, dtype=torch.float64) if cfg["bias"] else None
-    kw = dict(
-        stride=cfg["stride"],
-        padding=cfg["padding"],
-        output_padding=cfg["output_padding"],
-        groups=g,
-        dilation=cfg["dilation"],
-        offset=cfg["offset"],
-        size=cfg["size"],
-    )
+    kw = conv_kwargs(cfg)
     leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
     ref_leaves = [t.clone().requires_grad_() for t in leaves]
     out = fk.conv_transpose2d_crop(leaves[0], leaves[1], leaves[2] if b is not None else None, **kw)
@@ -553,15 +551,7 @@ def test_cuda_matches_cpu_random():
         g = cfg["groups"]
         x = torch.randn(cfg["batch"], cfg["cin"], *cfg["hw"], dtype=torch.float64)
         w = rand_weight(cfg["cin"], cfg["cg"], *cfg["k"], diag=cfg["diag"], groups=g)
-        kw = dict(
-            stride=cfg["stride"],
-            padding=cfg["padding"],
-            output_padding=cfg["output_padding"],
-            groups=g,
-            dilation=cfg["dilation"],
-            offset=cfg["offset"],
-            size=cfg["size"],
-        )
+        kw = conv_kwargs(cfg)
         xs = [x.clone().requires_grad_(), x.cuda().requires_grad_()]
         ws = [w.clone().requires_grad_(), w.cuda().requires_grad_()]
         outs = [fk.conv_transpose2d_crop(a, b, **kw) for a, b in zip(xs, ws)]

@@ -207,35 +207,15 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         "--quiet",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-        ]
-        + common
-        + ["--batch-size", "2", "--out", str(tmp_path / "ddp")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run(cmd):
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    master = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    ddp = run(torchrun + master + common + ["--batch-size", "2", "--out", str(tmp_path / "ddp")])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run(
-        [sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    single = run([sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-3000:]
     a = load_training_checkpoint(tmp_path / "ddp" / "fcn32s" / "last.pt")
     b = load_training_checkpoint(tmp_path / "one" / "fcn32s" / "last.pt")

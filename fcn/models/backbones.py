@@ -111,24 +111,15 @@ TINY_BLOCKS = [(1, 8), (1, 16), (1, 16), (1, 32), (1, 32)]
 
 def vgg16(first_padding=100, with_fc=True):
     layers = _vgg_layers(VGG16_BLOCKS, 4096, first_padding, with_fc)
-    return Backbone(
-        "vgg16",
-        layers,
-        4096 if with_fc else 512,
-        skips={"pool4": ("pool4", 512), "pool3": ("pool3", 256)},
-        pretrained_format="vgg16",
-    )
+    skips = {"pool4": ("pool4", 512), "pool3": ("pool3", 256)}
+    return Backbone("vgg16", layers, 4096 if with_fc else 512, skips, pretrained_format="vgg16")
 
 
 def tiny(first_padding=100, with_fc=True):
     """VGG-shaped (5 pools, fc6 7x7, fc7 1x1) but a few thousand times smaller."""
     layers = _vgg_layers(TINY_BLOCKS, 64, first_padding, with_fc)
-    return Backbone(
-        "tiny",
-        layers,
-        64 if with_fc else 32,
-        skips={"pool4": ("pool4", 32), "pool3": ("pool3", 16)},
-    )
+    skips = {"pool4": ("pool4", 32), "pool3": ("pool3", 16)}
+    return Backbone("tiny", layers, 64 if with_fc else 32, skips)
 
 
 def alexnet():
