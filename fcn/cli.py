@@ -6,6 +6,8 @@ import sys
 
 from . import __version__
 
+UPSAMPLE = ("fused", "aten")  # fcn_kernels operators, or the ATen reference
+
 
 def _positive_int(s):
     v = int(s)
@@ -231,12 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch", default="fcn8s", help="fcn32s, fcn16s, fcn8s (default), fcn8s-atonce, unpool"
     )
     m.add_argument("--backbone", default="tiny", help="vgg16, alexnet, googlenet, tiny (default)")
-    m.add_argument(
-        "--upsample",
-        default="fused",
-        choices=("fused", "aten"),
-        help="fcn_kernels operators (default) or the ATen reference",
-    )
+    upsample_help = "fcn_kernels operators (default) or the ATen reference"
+    m.add_argument("--upsample", default="fused", choices=UPSAMPLE, help=upsample_help)
     m.add_argument(
         "--staged",
         action="store_true",
@@ -285,12 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=_positive_int, default=None, help="stop a stage after N steps"
     )
     o.add_argument("--batch-size", type=_positive_int, default=8, help="per process (default 8)")
-    o.add_argument(
-        "--loss",
-        default="mean",
-        choices=("mean", "sum"),
-        help="mean over labelled pixels (default) or per-image sum (classic port)",
-    )
+    loss_help = "mean over labelled pixels (default) or per-image sum (classic port)"
+    o.add_argument("--loss", default="mean", choices=("mean", "sum"), help=loss_help)
     o.add_argument(
         "--lr",
         type=_positive_float,
@@ -343,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--norm", default=None, choices=Normalize.MODES)
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--upsample", default=None, choices=("fused", "aten"))
+    ev.add_argument("--upsample", default=None, choices=UPSAMPLE)
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the scores as JSON")
     ev.add_argument("--quiet", action="store_true")
     _model_override_args(ev)
@@ -358,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     pr.add_argument("--norm", default=None, choices=Normalize.MODES)
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--upsample", default=None, choices=("fused", "aten"))
+    pr.add_argument("--upsample", default=None, choices=UPSAMPLE)
     pr.add_argument("--quiet", action="store_true")
     _model_override_args(pr)
     pr.set_defaults(func=cmd_predict)

@@ -21,16 +21,8 @@ def draw_unpool(rng):
         if all(d - ss < n < d + ss for d, n, ss in zip(default, hw, s)):
             break  # unpooling can give back the pooled map's size
     size = rng.choice([hw, (0, 0) + hw])  # output_size as 2 or 4 numbers
-    return dict(
-        n=rng.choice([0, 1, 2]),
-        c=rng.choice([1, 2, 3, 5]),
-        hw=hw,
-        k=k,
-        s=s,
-        p=p,
-        ceil=ceil,
-        size=size,
-    )
+    n, c = rng.choice([0, 1, 2]), rng.choice([1, 2, 3, 5])
+    return dict(n=n, c=c, hw=hw, k=k, s=s, p=p, ceil=ceil, size=size)
 
 
 def _pooled_size(n, k, s, p, ceil):

@@ -7,10 +7,14 @@ defined in conftest.py (where the `device` fixture needs them) and re-exported h
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from conftest import DEVICES, DTYPES, HAS_CUDA, TOL, assert_close, gpu_code, requires_cuda
 
 __all__ = [
+    "ClassicFCN",
+    "VGG16_BLOCKS",
+    "TINY_BLOCKS",
     "DEVICES",
     "DTYPES",
     "HAS_CUDA",
@@ -57,3 +61,88 @@ def make_voc(root, ids_by_split, size=(20, 30), num_classes=21, seed=0):
             im.save(root / "SegmentationClass" / f"{i}.png")
             labels[i] = lab
     return labels
+
+
+# ---------------------------------------------------------------------------------------
+# The classic port, written out in its own layout (reference for compatibility tests).
+# ---------------------------------------------------------------------------------------
+VGG16_BLOCKS = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]
+TINY_BLOCKS = [(1, 8), (1, 16), (1, 16), (1, 32), (1, 32)]
+
+
+class ClassicFCN(nn.Module):
+    """wkentaro/pytorch-fcn FCN32s / FCN16s / FCN8s / FCN8sAtOnce (blocks configurable
+    so that the same code describes the tiny backbone)."""
+
+    def __init__(self, arch, n_class=21, blocks=VGG16_BLOCKS, fc=4096):
+        super().__init__()
+        self.arch = arch
+        c_in = 3
+        self.blocks = []
+        for b, (n, c) in enumerate(blocks, 1):
+            names = []
+            for i in range(1, n + 1):
+                setattr(
+                    self,
+                    f"conv{b}_{i}",
+                    nn.Conv2d(c_in, c, 3, padding=100 if (b, i) == (1, 1) else 1),
+                )
+                setattr(self, f"relu{b}_{i}", nn.ReLU(inplace=True))
+                names.append(f"{b}_{i}")
+                c_in = c
+            setattr(self, f"pool{b}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+            self.blocks.append(names)
+        self.fc6 = nn.Conv2d(c_in, fc, 7)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout2d()
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout2d()
+        self.score_fr = nn.Conv2d(fc, n_class, 1)
+        if arch == "fcn32s":
+            self.upscore = nn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
+            return
+        if arch == "fcn16s":  # registration order of the port
+            self.score_pool4 = nn.Conv2d(blocks[3][1], n_class, 1)
+            self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+            self.upscore16 = nn.ConvTranspose2d(n_class, n_class, 32, stride=16, bias=False)
+            return
+        self.score_pool3 = nn.Conv2d(blocks[2][1], n_class, 1)
+        self.score_pool4 = nn.Conv2d(blocks[3][1], n_class, 1)
+        self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+        self.upscore8 = nn.ConvTranspose2d(n_class, n_class, 16, stride=8, bias=False)
+        self.upscore_pool4 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+
+    def forward(self, x):
+        h = x
+        for b, names in enumerate(self.blocks, 1):
+            for n in names:
+                h = getattr(self, f"relu{n}")(getattr(self, f"conv{n}")(h))
+            h = getattr(self, f"pool{b}")(h)
+            if b == 3:
+                pool3 = h
+            if b == 4:
+                pool4 = h
+        h = self.drop6(self.relu6(self.fc6(h)))
+        h = self.drop7(self.relu7(self.fc7(h)))
+        h = self.score_fr(h)
+        if self.arch == "fcn32s":
+            h = self.upscore(h)
+            return h[:, :, 19 : 19 + x.size()[2], 19 : 19 + x.size()[3]].contiguous()
+        h = self.upscore2(h)
+        upscore2 = h
+        p4 = pool4 * 0.01 if self.arch == "fcn8s-atonce" else pool4
+        h = self.score_pool4(p4)
+        h = h[:, :, 5 : 5 + upscore2.size(2), 5 : 5 + upscore2.size(3)]
+        h = upscore2 + h
+        if self.arch == "fcn16s":
+            h = self.upscore16(h)
+            return h[:, :, 27 : 27 + x.size()[2], 27 : 27 + x.size()[3]].contiguous()
+        h = self.upscore_pool4(h)
+        upscore_pool4 = h
+        p3 = pool3 * 0.0001 if self.arch == "fcn8s-atonce" else pool3
+        h = self.score_pool3(p3)
+        h = h[:, :, 9 : 9 + upscore_pool4.size(2), 9 : 9 + upscore_pool4.size(3)]
+        h = upscore_pool4 + h
+        h = self.upscore8(h)
+        return h[:, :, 31 : 31 + x.size()[2], 31 : 31 + x.size()[3]].contiguous()

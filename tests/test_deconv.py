@@ -136,25 +136,10 @@ def random_configs(n, seed):
         off = tuple(rng.randint(0, f - 1) for f in full)
         size = tuple(rng.randint(1, f - o) for f, o in zip(full, off))
         diag = cg == cin // groups and rng.random() < 0.4
-        out.append(
-            dict(
-                groups=groups,
-                cin=cin,
-                cg=cg,
-                k=k,
-                stride=s,
-                dilation=d,
-                padding=p,
-                output_padding=op,
-                hw=hw,
-                offset=off,
-                size=size,
-                diag=diag,
-                batch=rng.randint(1, 2),
-                bias=rng.random() < 0.5,
-                cl=rng.random() < 0.3,
-            )
-        )
+        cfg = dict(groups=groups, cin=cin, cg=cg, k=k, hw=hw, diag=diag)
+        cfg.update(stride=s, dilation=d, padding=p, output_padding=op, offset=off, size=size)
+        cfg.update(batch=rng.randint(1, 2), bias=rng.random() < 0.5, cl=rng.random() < 0.3)
+        out.append(cfg)
     return out
 
 

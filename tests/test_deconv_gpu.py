@@ -311,16 +311,16 @@ def test_int64_index_kernels(gdev, case):
     }[case]
     groups = 4 if case == "depthwise" else 1
     with index32_limit(16):
+        crop = dict(offset=(3, 2), size=(7, 8))
         check(
             gdev,
             rand(2, 4, 5, 6),
             w,
             rand(4),
-            offset=(3, 2),
-            size=(7, 8),
             stride=2,
             groups=groups,
             layout="channels_last",
+            **crop,
         )
         check(gdev, rand(1, 4, 5, 6), w, offset=(0, 1), stride=2, groups=groups)
 

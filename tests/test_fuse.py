@@ -16,96 +16,21 @@ from torch import nn
 from torch.export import Dim
 
 import fcn_kernels as fk
+from helpers import ClassicFCN as PortFCN
 
 FK = torch.ops.fcn_kernels
 
 
-def _vgg_block(m, stage, cin, cout, convs):
-    for i in range(1, convs + 1):
-        setattr(
-            m,
-            f"conv{stage}_{i}",
-            nn.Conv2d(cin if i == 1 else cout, cout, 3, padding=100 if stage == i == 1 else 1),
-        )
-        setattr(m, f"relu{stage}_{i}", nn.ReLU(inplace=True))
-    setattr(m, f"pool{stage}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
-
-
-class ClassicFCN(nn.Module):
-    """The classic port's FCN-32s/16s/8s (its layer names, offsets and forward), on a
-    VGG-shaped backbone with few channels."""
-
-    def __init__(self, arch="fcn8s", n_class=5, width=4, fc=None):
-        super().__init__()
-        self.arch = arch
-        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]  # width=64: VGG16
-        fc = fc or 16 * width  # VGG16: 4096
-        for s in range(1, 6):
-            _vgg_block(self, s, chans[s - 1], chans[s], 2 if s < 3 else 3)
-        self.fc6 = nn.Conv2d(chans[5], fc, 7)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout2d()
-        self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout2d()
-        self.score_fr = nn.Conv2d(fc, n_class, 1)
-        if arch == "fcn32s":
-            self.upscore = nn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
-        else:
-            self.score_pool4 = nn.Conv2d(chans[4], n_class, 1)
-            self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
-        if arch == "fcn16s":
-            self.upscore16 = nn.ConvTranspose2d(n_class, n_class, 32, stride=16, bias=False)
-        if arch == "fcn8s":
-            self.score_pool3 = nn.Conv2d(chans[3], n_class, 1)
-            self.upscore_pool4 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
-            self.upscore8 = nn.ConvTranspose2d(n_class, n_class, 16, stride=8, bias=False)
-        for m in self.modules():  # non-zero scores: every path carries gradient
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, 0, 0.1)
-
-    def _stage(self, h, s):
-        i = 1
-        while hasattr(self, f"conv{s}_{i}"):
-            h = getattr(self, f"relu{s}_{i}")(getattr(self, f"conv{s}_{i}")(h))
-            i += 1
-        return getattr(self, f"pool{s}")(h)
-
-    def forward(self, x):
-        h = x
-        h = self._stage(h, 1)
-        h = self._stage(h, 2)
-        h = self._stage(h, 3)
-        pool3 = h  # 1/8
-        h = self._stage(h, 4)
-        pool4 = h  # 1/16
-        h = self._stage(h, 5)
-        h = self.drop6(self.relu6(self.fc6(h)))
-        h = self.drop7(self.relu7(self.fc7(h)))
-        h = self.score_fr(h)
-        if self.arch == "fcn32s":
-            h = self.upscore(h)
-            h = h[:, :, 19 : 19 + x.size()[2], 19 : 19 + x.size()[3]].contiguous()
-            return h
-        h = self.upscore2(h)
-        upscore2 = h  # 1/16
-        h = self.score_pool4(pool4)
-        h = h[:, :, 5 : 5 + upscore2.size()[2], 5 : 5 + upscore2.size()[3]]
-        score_pool4c = h  # 1/16
-        h = upscore2 + score_pool4c
-        if self.arch == "fcn16s":
-            h = self.upscore16(h)
-            h = h[:, :, 27 : 27 + x.size()[2], 27 : 27 + x.size()[3]].contiguous()
-            return h
-        h = self.upscore_pool4(h)
-        upscore_pool4 = h  # 1/8
-        h = self.score_pool3(pool3)
-        h = h[:, :, 9 : 9 + upscore_pool4.size()[2], 9 : 9 + upscore_pool4.size()[3]]
-        score_pool3c = h  # 1/8
-        h = upscore_pool4 + score_pool3c  # 1/8
-        h = self.upscore8(h)
-        h = h[:, :, 31 : 31 + x.size()[2], 31 : 31 + x.size()[3]].contiguous()
-        return h
+def ClassicFCN(arch="fcn8s", n_class=5, width=4):  # noqa: N802 (stands for the class)
+    """The classic port's FCN-32s/16s/8s (helpers.ClassicFCN: its layer names, offsets and
+    forward) on a VGG-shaped backbone with few channels and non-zero scores, so that every
+    path carries gradient."""
+    blocks = [(2, width), (2, 2 * width), (3, 4 * width), (3, 8 * width), (3, 8 * width)]
+    model = PortFCN(arch, n_class, blocks, fc=16 * width)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0, 0.1)
+    return model
 
 
 class TorchvisionStyle(nn.Module):

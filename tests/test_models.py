@@ -11,7 +11,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fcn_kernels as fk
 from fcn.models import (
@@ -28,6 +27,7 @@ from fcn.models import (
     load_checkpoint,
 )
 from fcn.models import upsample as up
+from helpers import TINY_BLOCKS, ClassicFCN
 
 FCN_ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 SIZES = [(1, 1), (2, 3), (7, 5), (17, 31), (32, 32), (33, 64)]
@@ -50,92 +50,6 @@ def randomize_(model, seed=0):
             fan = p[0].numel() if p.dim() > 1 else 1
             p.copy_(torch.randn(p.shape, generator=g) / fan**0.5)
     return model
-
-
-# ---------------------------------------------------------------------------------------
-# The classic port, written out in its own layout (reference for compatibility tests).
-# ---------------------------------------------------------------------------------------
-VGG16_BLOCKS = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]
-TINY_BLOCKS = [(1, 8), (1, 16), (1, 16), (1, 32), (1, 32)]
-
-
-class ClassicFCN(nn.Module):
-    """wkentaro/pytorch-fcn FCN32s / FCN16s / FCN8s / FCN8sAtOnce (blocks configurable
-    so that the same code describes the tiny backbone)."""
-
-    def __init__(self, arch, n_class=21, blocks=VGG16_BLOCKS, fc=4096):
-        super().__init__()
-        self.arch = arch
-        c_in = 3
-        self.blocks = []
-        for b, (n, c) in enumerate(blocks, 1):
-            names = []
-            for i in range(1, n + 1):
-                setattr(
-                    self,
-                    f"conv{b}_{i}",
-                    nn.Conv2d(c_in, c, 3, padding=100 if (b, i) == (1, 1) else 1),
-                )
-                setattr(self, f"relu{b}_{i}", nn.ReLU(inplace=True))
-                names.append(f"{b}_{i}")
-                c_in = c
-            setattr(self, f"pool{b}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
-            self.blocks.append(names)
-        self.fc6 = nn.Conv2d(c_in, fc, 7)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout2d()
-        self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout2d()
-        self.score_fr = nn.Conv2d(fc, n_class, 1)
-        if arch == "fcn32s":
-            self.upscore = nn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
-            return
-        if arch == "fcn16s":  # registration order of the port
-            self.score_pool4 = nn.Conv2d(blocks[3][1], n_class, 1)
-            self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
-            self.upscore16 = nn.ConvTranspose2d(n_class, n_class, 32, stride=16, bias=False)
-            return
-        self.score_pool3 = nn.Conv2d(blocks[2][1], n_class, 1)
-        self.score_pool4 = nn.Conv2d(blocks[3][1], n_class, 1)
-        self.upscore2 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
-        self.upscore8 = nn.ConvTranspose2d(n_class, n_class, 16, stride=8, bias=False)
-        self.upscore_pool4 = nn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
-
-    def forward(self, x):
-        h = x
-        for b, names in enumerate(self.blocks, 1):
-            for n in names:
-                h = getattr(self, f"relu{n}")(getattr(self, f"conv{n}")(h))
-            h = getattr(self, f"pool{b}")(h)
-            if b == 3:
-                pool3 = h
-            if b == 4:
-                pool4 = h
-        h = self.drop6(self.relu6(self.fc6(h)))
-        h = self.drop7(self.relu7(self.fc7(h)))
-        h = self.score_fr(h)
-        H, W = x.shape[2:]
-        if self.arch == "fcn32s":
-            h = self.upscore(h)
-            return h[:, :, 19 : 19 + H, 19 : 19 + W].contiguous()
-        h = self.upscore2(h)
-        upscore2 = h
-        p4 = pool4 * 0.01 if self.arch == "fcn8s-atonce" else pool4
-        h = self.score_pool4(p4)
-        h = h[:, :, 5 : 5 + upscore2.size(2), 5 : 5 + upscore2.size(3)]
-        h = upscore2 + h
-        if self.arch == "fcn16s":
-            h = self.upscore16(h)
-            return h[:, :, 27 : 27 + H, 27 : 27 + W].contiguous()
-        h = self.upscore_pool4(h)
-        upscore_pool4 = h
-        p3 = pool3 * 0.0001 if self.arch == "fcn8s-atonce" else pool3
-        h = self.score_pool3(p3)
-        h = h[:, :, 9 : 9 + upscore_pool4.size(2), 9 : 9 + upscore_pool4.size(3)]
-        h = upscore_pool4 + h
-        h = self.upscore8(h)
-        return h[:, :, 31 : 31 + H, 31 : 31 + W].contiguous()
 
 
 def tiny(arch, n=5, **kw):
@@ -334,21 +248,7 @@ def test_checkpoint_mismatch_lists_keys():
 def _tv_vgg16_from(ref):
     """torchvision vgg16 state_dict holding the weights of a classic-layout model."""
     convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-    names = [
-        "1_1",
-        "1_2",
-        "2_1",
-        "2_2",
-        "3_1",
-        "3_2",
-        "3_3",
-        "4_1",
-        "4_2",
-        "4_3",
-        "5_1",
-        "5_2",
-        "5_3",
-    ]
+    names = "1_1 1_2 2_1 2_2 3_1 3_2 3_3 4_1 4_2 4_3 5_1 5_2 5_3".split()
     sd = {}
     for i, n in zip(convs, names):
         m = getattr(ref, f"conv{n}")

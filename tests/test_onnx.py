@@ -109,9 +109,9 @@ def test_fcn_model():
 
 
 def test_fused_model():
-    from test_fuse import ClassicFCN
+    from helpers import TINY_BLOCKS, ClassicFCN
 
-    model = ClassicFCN("fcn32s").eval()
+    model = ClassicFCN("fcn32s", n_class=4, blocks=TINY_BLOCKS, fc=32).eval()
     x = torch.randn(1, 3, 20, 24)
     fused = fk.fuse(model, (x,))
     program = fk_onnx.export(fused, (x,))

@@ -50,6 +50,20 @@ inline Dim plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
   return g;
 }
 
+// The position a thread owns in an image row of `width` pixels of V channels: j along
+// the row (grid.x), its pixel w and channel c. False past the row's end.
+struct RowPos {
+  int j, w, c;
+};
+
+FK_HD bool row_position(const Thread& t, int width, int V, RowPos& r) {
+  r.j = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
+  if (r.j >= width * V) return false;
+  r.w = V == 1 ? r.j : r.j / V;  // one division per thread, none for NCHW
+  r.c = r.j - r.w * V;
+  return true;
+}
+
 template <typename scalar_t, typename index_t>
 struct Forward {
   using acc_t = at::opmath_type<scalar_t>;
@@ -60,12 +74,11 @@ struct Forward {
   bool align_corners;
 
   FK_HD void operator()(const Thread& t) const {
-    const int row = OW * V;
-    const int j = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
-    if (j >= row) return;
-    const int ow = V == 1 ? j : j / V, c = j - ow * V;
-    const auto tw = linear_tap<acc_t, int>(rw, ow, IW, OW, align_corners);
-    const index_t w0 = index_t(tw.i0) * V + c, w1 = index_t(tw.i1) * V + c;
+    RowPos at;
+    if (!row_position(t, OW, V, at)) return;
+    const int row = OW * V, j = at.j;
+    const auto tw = linear_tap<acc_t, int>(rw, at.w, IW, OW, align_corners);
+    const index_t w0 = index_t(tw.i0) * V + at.c, w1 = index_t(tw.i1) * V + at.c;
     const index_t in_plane = index_t(IH) * IW * V, out_plane = index_t(OH) * row;
     for (int oh = t.block.y; oh < OH; oh += t.grid.y) {
       const auto th = linear_tap<acc_t, int>(rh, oh, IH, OH, align_corners);
@@ -137,15 +150,14 @@ struct BackwardRows {
   index_t sn, sc, sh, sw;  // grad_output's element strides
 
   FK_HD void operator()(const Thread& t) const {
-    const int row = OW * V;
-    const int j = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
-    if (j >= row) return;
-    const int ow = V == 1 ? j : j / V, c_in_row = j - ow * V;
+    RowPos at;
+    if (!row_position(t, OW, V, at)) return;
+    const int row = OW * V, j = at.j;
     for (int ih = t.block.y; ih < IH; ih += t.grid.y) {
       const int lo = h.lo[ih], hi = h.hi[ih];
       for (int p = t.block.z; p < P; p += t.grid.z) {
-        const int n = V == 1 ? p / C : p, c = V == 1 ? p - n * C : c_in_row;
-        const scalar_t* gp = g + n * sn + c * sc + ow * sw;
+        const int n = V == 1 ? p / C : p, c = V == 1 ? p - n * C : at.c;
+        const scalar_t* gp = g + n * sn + c * sc + at.w * sw;
         acc_t s = acc_t(0);
         for (int oh = lo; oh < hi; ++oh) {
           s += tap_weight(h.taps[oh], ih) * static_cast<acc_t>(gp[oh * sh]);
@@ -160,16 +172,15 @@ struct BackwardRows {
 template <typename scalar_t, typename index_t>
 struct BackwardCols {
   using acc_t = at::opmath_type<scalar_t>;
+  AxisTable<acc_t> w;  // the column taps
+  int IH, IW, OW, V, P;
   const acc_t* rows;
   scalar_t* gx;
-  AxisTable<acc_t> w;
-  int IH, IW, OW, V, P;
 
   FK_HD void operator()(const Thread& t) const {
-    const int row = IW * V;
-    const int jj = static_cast<int>(t.block.x * t.block_dim.x + t.thread.x);
-    if (jj >= row) return;
-    const int iw = V == 1 ? jj : jj / V, c = jj - iw * V;
+    RowPos at;
+    if (!row_position(t, IW, V, at)) return;
+    const int row = IW * V, jj = at.j, iw = at.w, c = at.c;
     const int lo = w.lo[iw], hi = w.hi[iw];
     for (int ih = t.block.y; ih < IH; ih += t.grid.y) {
       for (int p = t.block.z; p < P; p += t.grid.z) {
@@ -262,9 +273,9 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, b
                         OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
                         index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
           L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
-                    BackwardCols<scalar_t, index_t>{rows.const_data_ptr<acc_t>(),
-                                                    gx.mutable_data_ptr<scalar_t>(), tw, IH, IW, OW,
-                                                    static_cast<int>(V), static_cast<int>(P)});
+                    BackwardCols<scalar_t, index_t>{
+                        tw, IH, IW, OW, static_cast<int>(V), static_cast<int>(P),
+                        rows.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>()});
         });
       });
   return gx;

@@ -224,6 +224,16 @@ void phase_im2col(gemm_t* col, int64_t ld, const gemm_t* xp, const PhaseGeom& ge
   }
 }
 
+// Chunk c of the block rows: rows [r0, r1) and their nq = (r1 - r0) * Wp blocks.
+struct ChunkRows {
+  int64_t r0, r1, nq;
+};
+
+inline ChunkRows chunk_rows(const PhaseGeom& geom, int64_t c) {
+  const int64_t r0 = c * geom.rc, r1 = std::min(geom.rows, r0 + geom.rc);
+  return {r0, r1, (r1 - r0) * geom.Wp};
+}
+
 inline int64_t aligned(int64_t n) {
   return (n + 63) / 64 * 64;
 }  // buffer offsets: 64 elements
@@ -252,8 +262,7 @@ void phase_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tens
     at::Tensor d = buf.narrow(0, aligned(K1 * ld), geom.M * ld).view({geom.M, ld});
     if (K1 > geom.K) col[geom.K].fill_(1);  // the bias row
     for (int64_t c = c0; c < c1; ++c) {
-      const int64_t r0 = c * geom.rc, r1 = std::min(geom.rows, r0 + geom.rc),
-                    nq = (r1 - r0) * geom.Wp;
+      const auto [r0, r1, nq] = chunk_rows(geom, c);
       const MoveArgs ya = move_args(geom, r0, r1, geom.cout, y.size(2), y.size(3), y.strides());
       for (int64_t gi = 0; gi < geom.G; ++gi) {
         phase_im2col<gemm_t>(col.mutable_data_ptr<gemm_t>(), ld, xp.const_data_ptr<gemm_t>(), geom,
@@ -293,8 +302,7 @@ void phase_backward_input(const at::Tensor& grad, const at::Tensor& weight, at::
   at::parallel_for(0, geom.chunks, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor gt = buffer<gemm_t>(geom.M * ld, grad).zero_().view({geom.M, ld});  // see move_leaf
     for (int64_t c = c0; c < c1; ++c) {
-      const int64_t r0 = c * geom.rc, r1 = std::min(geom.rows, r0 + geom.rc),
-                    nq = (r1 - r0) * geom.Wp;
+      const auto [r0, r1, nq] = chunk_rows(geom, c);
       const MoveArgs ga =
           move_args(geom, r0, r1, geom.cout, grad.size(2), grad.size(3), grad.strides());
       for (int64_t gi = 0; gi < geom.G; ++gi) {
@@ -373,8 +381,7 @@ at::Tensor phase_backward_weight(const at::Tensor& grad, const at::Tensor& x,
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t cb = s * geom.chunks / S, ce = (s + 1) * geom.chunks / S;
       for (int64_t c = cb; c < ce; ++c) {
-        const int64_t r0 = c * geom.rc, r1 = std::min(geom.rows, r0 + geom.rc),
-                      nq = (r1 - r0) * geom.Wp;
+        const auto [r0, r1, nq] = chunk_rows(geom, c);
         const MoveArgs ga =
             move_args(geom, r0, r1, geom.cout, grad.size(2), grad.size(3), grad.strides());
         for (int64_t gi = 0; gi < geom.G; ++gi) {

@@ -119,6 +119,38 @@ void set_strides(index_t* dst, const at::Tensor& t) {
   for (int a = 0; a < 4; ++a) dst[a] = index_t(t.stride(a));
 }
 
+// The tap geometry shared by every gather kernel's parameters: both axes (ay, ax) of
+// input in_hw and crop out_hw, and (KH, KW) taps between groups of cin_g input and cout_g
+// output channels.
+template <typename K>
+void set_geometry(K& kernel, at::IntArrayRef in_hw, at::IntArrayRef out_hw, int64_t KH, int64_t KW,
+                  int64_t cin_g, int64_t cout_g, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation, at::IntArrayRef offset) {
+  using index_t = decltype(kernel.ay.in);
+  kernel.ay =
+      make_axis<index_t>(in_hw[0], out_hw[0], KH, stride[0], padding[0], dilation[0], offset[0]);
+  kernel.ax =
+      make_axis<index_t>(in_hw[1], out_hw[1], KW, stride[1], padding[1], dilation[1], offset[1]);
+  kernel.cin_g = index_t(cin_g);
+  kernel.cout_g = index_t(cout_g);
+  kernel.KH = index_t(KH);
+  kernel.KW = index_t(KW);
+}
+
+// The forward / input-gradient kernels' parameters (set_geometry) and the element
+// strides of the tensor read and of the tensor written.
+template <typename index_t>
+Geom<index_t> gather_geom(at::IntArrayRef in_hw, at::IntArrayRef out_hw, int64_t KH, int64_t KW,
+                          int64_t cin_g, int64_t cout_g, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef offset,
+                          const at::Tensor& read, const at::Tensor& written) {
+  Geom<index_t> q{};
+  set_geometry(q, in_hw, out_hw, KH, KW, cin_g, cout_g, stride, padding, dilation, offset);
+  set_strides(q.rs, read);
+  set_strides(q.ws, written);
+  return q;
+}
+
 // `t` with exactly the strides at::empty(sizes, fmt) would give (what the fake kernels
 // in fcn_kernels/ promise), copied only when it has others.
 inline at::Tensor in_layout(const at::Tensor& t, at::MemoryFormat fmt) {
@@ -322,8 +354,9 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
                          dilation, offset, size, fmt);
   }
-  const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
-  const at::Tensor &flag = fw.first, &wd = fw.second;
+  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const at::Tensor& wd = fw.second;
+  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
       {span(self), y.numel(), w.numel(),
@@ -333,24 +366,14 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
       at::kHalf, at::kBFloat16, self.scalar_type(), "deconv_fwd_gpu", [&] {
         with_index_type(small, [&](auto zero) {
           using index_t = decltype(zero);
-          Geom<index_t> q{};
-          q.ay = make_axis<index_t>(self.size(2), size[0], KH, stride[0], padding[0], dilation[0],
-                                    offset[0]);
-          q.ax = make_axis<index_t>(self.size(3), size[1], KW, stride[1], padding[1], dilation[1],
-                                    offset[1]);
-          q.cin_g = index_t(cin_g);
-          q.cout_g = index_t(cout_g);
-          q.KH = index_t(KH);
-          q.KW = index_t(KW);
-          set_strides(q.rs, self);
-          set_strides(q.ws, y);
+          Geom<index_t> q = gather_geom<index_t>(self.sizes().slice(2), size, KH, KW, cin_g, cout_g,
+                                                 stride, padding, dilation, offset, self, y);
           const Dim grid = gather_grid<L>(q, N, Cout, size[0], size[1], fmt);
           L::launch("deconv_forward", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
                     ForwardKernel<scalar_t, index_t>{
                         self.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                         wd.const_data_ptr<scalar_t>(),
-                        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-                        flag.defined() ? flag.const_data_ptr<int>() : nullptr,
+                        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, offdiag,
                         y.mutable_data_ptr<scalar_t>(), q});
         });
       });
@@ -385,8 +408,9 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                         r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
-  const auto fw = cached_diagonal_check<L>(weight, w, cin_g);
-  const at::Tensor &flag = fw.first, &wd = fw.second;
+  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const at::Tensor& wd = fw.second;
+  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   const bool small = fits_int32(
       {span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),
@@ -395,24 +419,16 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "deconv_bwd_input_gpu", [&] {
         with_index_type(small, [&](auto zero) {
           using index_t = decltype(zero);
-          Geom<index_t> q{};
-          q.ay = make_axis<index_t>(input_size[2], OH, KH, stride[0], padding[0], dilation[0],
-                                    offset[0]);
-          q.ax = make_axis<index_t>(input_size[3], OW, KW, stride[1], padding[1], dilation[1],
-                                    offset[1]);
-          q.cin_g = index_t(cin_g);
-          q.cout_g = index_t(cout_g);
-          q.KH = index_t(KH);
-          q.KW = index_t(KW);
-          set_strides(q.rs, grad_output);  // any layout, expanded (stride 0) included
-          set_strides(q.ws, gx);
+          // grad_output in any layout, expanded (stride 0) included
+          Geom<index_t> q =
+              gather_geom<index_t>(input_size.slice(2), grad_output.sizes().slice(2), KH, KW, cin_g,
+                                   cout_g, stride, padding, dilation, offset, grad_output, gx);
           const Dim grid = gather_grid<L>(q, N, Cin, input_size[2], input_size[3], fmt);
           L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
-                    BackwardInputKernel<scalar_t, index_t>{
-                        grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                        wd.const_data_ptr<scalar_t>(),
-                        flag.defined() ? flag.const_data_ptr<int>() : nullptr,
-                        gx.mutable_data_ptr<scalar_t>(), q});
+                    BackwardInputKernel<scalar_t, index_t>{grad_output.const_data_ptr<scalar_t>(),
+                                                           w.const_data_ptr<scalar_t>(),
+                                                           wd.const_data_ptr<scalar_t>(), offdiag,
+                                                           gx.mutable_data_ptr<scalar_t>(), q});
         });
       });
   return gx;
@@ -478,15 +494,9 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
           k.x = self.const_data_ptr<scalar_t>();
           k.gw = gw.mutable_data_ptr<scalar_t>();
           k.partial = S > 1 ? partial.mutable_data_ptr<acc_t>() : nullptr;
-          k.ay = make_axis<index_t>(self.size(2), grad_output.size(2), KH, stride[0], padding[0],
-                                    dilation[0], offset[0]);
-          k.ax = make_axis<index_t>(self.size(3), grad_output.size(3), KW, stride[1], padding[1],
-                                    dilation[1], offset[1]);
+          set_geometry(k, self.sizes().slice(2), grad_output.sizes().slice(2), KH, KW, cin_g,
+                       cout_g, stride, padding, dilation, offset);
           k.N = index_t(N);
-          k.cin_g = index_t(cin_g);
-          k.cout_g = index_t(cout_g);
-          k.KH = index_t(KH);
-          k.KW = index_t(KW);
           k.S = index_t(S);
           set_strides(k.gs, grad_output);
           set_strides(k.xs, self);
