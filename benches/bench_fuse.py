@@ -13,7 +13,7 @@ import fcn_kernels as fk
 from benches.conftest import QUICK, run
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-from test_fuse import ClassicFCN  # noqa: E402
+from helpers import ClassicFCN  # noqa: E402  (the classic port's model, as the tests use)
 
 # (backbone, channel width, fc width, input size): as bench_model.py on CPU.
 CASES = [("tiny", 8, 128, 256), ("vgg16", 64, 4096, 128)]
@@ -29,7 +29,9 @@ def models():
         if case not in cache:
             backbone, width, fc, size = CASES[case]
             torch.manual_seed(0)
-            model = ClassicFCN("fcn8s", n_class=21, width=width, fc=fc).eval()
+            w = width  # VGG16's channel counts over 64
+            blocks = [(2, w), (2, 2 * w), (3, 4 * w), (3, 8 * w), (3, 8 * w)]
+            model = ClassicFCN("fcn8s", n_class=21, blocks=blocks, fc=fc).eval()
             with torch.no_grad():  # FCN's fixed bilinear upsampling weights
                 for name in ("upscore2", "upscore_pool4", "upscore8"):
                     m = getattr(model, name)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
-from helpers import gpu_code, requires_cuda, to_layout
+from helpers import assert_same, gpu_code, pooled, reference, requires_cuda, to_layout
 from fcn_kernels._common import is_channels_last
 
 ops = torch.ops.fcn_kernels
@@ -30,34 +30,7 @@ POOLS = [
 POOL_IDS = [f"{s[0]}-k{s[1]}-s{s[2]}-p{s[3]}{'-ceil' if s[4] else ''}" for s in POOLS]
 
 
-def pooled(shape, k, s, p, ceil, dtype=torch.float32, device="cpu", seed=0):
-    """Unpooling input: pooled values of a random map (cast to dtype) and their indices."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    y, i = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
-    return y.to(dtype).to(device), i.to(device)
-
-
-def reference(x, indices, out_hw):
-    """Independent definition of the result: y[n, c].flat[indices[n, c, j]] = x[n, c, j],
-    where several j name the same output the largest j wins, zeros elsewhere."""
-    x, indices = x.cpu(), indices.cpu()
-    n, c = x.shape[:2]
-    plane = out_hw[0] * out_hw[1]
-    ind = indices.reshape(n, c, -1)
-    pos = torch.arange(ind.shape[2]).expand_as(ind)
-    winner = torch.full((n, c, plane), -1).scatter_reduce(2, ind, pos, reduce="amax")
-    vals = x.reshape(n, c, -1).gather(2, winner.clamp(min=0))
-    return torch.where(winner >= 0, vals, torch.zeros((), dtype=x.dtype)).view(n, c, *out_hw)
-
-
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
-
-
-def assert_same(actual, expected):
-    """Unpooling only moves elements: results must be bit-identical."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    torch.testing.assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------

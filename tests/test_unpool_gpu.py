@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import fcn_kernels as fk
 from helpers import gpu_code
 from fcn_kernels.testing import emulated_capture, index32_limit
-from test_unpool import assert_same, pooled, reference, to_layout
+from helpers import assert_same, pooled, reference, to_layout
 
 ops = torch.ops.fcn_kernels
 
