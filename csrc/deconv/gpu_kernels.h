@@ -2,7 +2,7 @@
 // for CUDA and the CPU emulation. The host side that picks and launches them is
 // deconv/gpu.h.
 //
-// Cost model (benches/model_deconv.md): one thread per pixel of the tensor it writes,
+// Cost model (benches/RESULTS.md, CUDA): one thread per pixel of the tensor it writes,
 // looping over the planes (n, c) of that pixel, so the tap geometry (a few integer
 // divisions by per-launch constants) is paid once per thread, not per element; the
 // per-element path is loads, FMAs and one store, in int32 when the host says the
