@@ -263,9 +263,8 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, b
         const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
         const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
         // g's furthest element offset bounds its index type (strides may be anything).
-        int64_t g_span = 1;
-        for (int d = 0; d < 4; ++d) g_span += (g.size(d) - 1) * std::abs(g.stride(d));
-        with_index_type(fits_int32({g_span, rows.numel(), gx.numel()}), [&](auto index_zero) {
+        const bool small = fits_int32({element_span(g), rows.numel(), gx.numel()});
+        with_index_type(small, [&](auto index_zero) {
           using index_t = decltype(index_zero);
           L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
                     BackwardRows<scalar_t, index_t>{

@@ -73,13 +73,6 @@ inline bool use_gather(const at::Tensor& weight, int64_t cin_g, int64_t cout_g, 
   return gather_fits(cin_g, cout_g, KH, KW, stride, dilation);
 }
 
-// 1 + the largest element offset a tensor's strides reach (its numel when dense).
-inline int64_t span(const at::Tensor& t) {
-  int64_t s = 1;
-  for (int64_t a = 0; a < t.dim(); ++a) s += (t.size(a) - 1) * t.stride(a);
-  return t.numel() == 0 ? 0 : std::max<int64_t>(s, t.numel());
-}
-
 // The largest coordinate-sized intermediate of the tap math along one axis.
 inline int64_t coord_extent(int64_t in, int64_t out, int64_t K, int64_t s, int64_t p, int64_t d,
                             int64_t off) {
@@ -359,7 +352,7 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
   const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
-      {span(self), y.numel(), w.numel(),
+      {element_span(self), y.numel(), w.numel(),
        coord_extent(self.size(2), size[0], KH, stride[0], padding[0], dilation[0], offset[0]),
        coord_extent(self.size(3), size[1], KW, stride[1], padding[1], dilation[1], offset[1])});
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -412,7 +405,7 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
   const at::Tensor& wd = fw.second;
   const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   const bool small = fits_int32(
-      {span(grad_output), gx.numel(), w.numel(),
+      {element_span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),
        coord_extent(input_size[3], OW, KW, stride[1], padding[1], dilation[1], offset[1])});
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -475,7 +468,7 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
   }
   at::Tensor gw = at::empty(weight_size, self.options());
   const int64_t S = wgrad_slices(numel, N * self.size(2), self.size(3));
-  const bool small = fits_int32({span(self), span(grad_output), numel,
+  const bool small = fits_int32({element_span(self), element_span(grad_output), numel,
                                  coord_extent(self.size(2), grad_output.size(2), KH, stride[0],
                                               padding[0], dilation[0], offset[0]),
                                  coord_extent(self.size(3), grad_output.size(3), KW, stride[1],

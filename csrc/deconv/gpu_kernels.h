@@ -86,6 +86,26 @@ struct Geom {
   index_t ws[4];  // element strides of the tensor written
 };
 
+// acc + sum over a < ty.n, b < tx.n of
+//   src[(ty.c0 + a*sy) * rs2 + (tx.c0 + b*sx) * rs3] * filt[(ty.k0 + a*ky) * KW + tx.k0 + b*kx]:
+// one plane read through one KH x KW filter along the taps' progressions, in a fixed
+// order. The forward walks sources down (-d/g) and taps by s/g; the input gradient walks
+// outputs up (+d) and taps by 1.
+template <typename acc_t, typename scalar_t, typename index_t>
+FK_HD acc_t tap_sum(acc_t acc, const scalar_t* src, const scalar_t* filt, const Taps<index_t>& ty,
+                    const Taps<index_t>& tx, index_t sy, index_t sx, index_t ky, index_t kx,
+                    index_t rs2, index_t rs3, index_t KW) {
+  for (index_t a = 0; a < ty.n; ++a) {
+    const scalar_t* sr = src + (ty.c0 + a * sy) * rs2;
+    const scalar_t* fr = filt + (ty.k0 + a * ky) * KW;
+    for (index_t b = 0; b < tx.n; ++b) {
+      acc +=
+          static_cast<acc_t>(sr[(tx.c0 + b * sx) * rs3]) * static_cast<acc_t>(fr[tx.k0 + b * kx]);
+    }
+  }
+  return acc;
+}
+
 // y[n, co, oh, ow] = bias[co] + sum_{ci, ky, kx} x[n, ci, iy, ix] * w[ci, j, ky, kx].
 // offdiag: device flag of DiagCheckKernel (null: the weight is depthwise). While it is
 // 0 the channel loop is the one channel co (weight wd[co, ky, kx]); otherwise all
@@ -99,6 +119,14 @@ struct ForwardKernel {
   const int* offdiag;
   scalar_t* y;
   Geom<index_t> q;
+
+  // Sources down by d/g rows (columns) per tap, taps by s/g.
+  template <typename acc_t>
+  FK_HD acc_t taps(acc_t acc, const scalar_t* plane, const scalar_t* filt, const Taps<index_t>& ty,
+                   const Taps<index_t>& tx) const {
+    return tap_sum(acc, plane, filt, ty, tx, -q.ay.dg, -q.ax.dg, q.ay.step, q.ax.step, q.rs[2],
+                   q.rs[3], q.KW);
+  }
 
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
@@ -118,29 +146,11 @@ struct ForwardKernel {
         acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[co]) : acc_t(0);
         const scalar_t* xn = x + n * q.rs[0];
         if (diag) {
-          const scalar_t* xc = xn + co * q.rs[1];
-          const scalar_t* wc = wd + co * KK;
-          for (index_t a = 0; a < ty.n; ++a) {
-            const scalar_t* xr = xc + (ty.c0 - a * q.ay.dg) * q.rs[2];
-            const scalar_t* wr = wc + (ty.k0 + a * q.ay.step) * q.KW;
-            for (index_t b = 0; b < tx.n; ++b) {
-              acc += static_cast<acc_t>(xr[(tx.c0 - b * q.ax.dg) * q.rs[3]]) *
-                     static_cast<acc_t>(wr[tx.k0 + b * q.ax.step]);
-            }
-          }
+          acc = taps(acc, xn + co * q.rs[1], wd + co * KK, ty, tx);
         } else {
           const index_t grp = co / q.cout_g, j = co - grp * q.cout_g;
           for (index_t ci = grp * q.cin_g; ci < (grp + 1) * q.cin_g; ++ci) {
-            const scalar_t* xc = xn + ci * q.rs[1];
-            const scalar_t* wc = w + (ci * q.cout_g + j) * KK;
-            for (index_t a = 0; a < ty.n; ++a) {
-              const scalar_t* xr = xc + (ty.c0 - a * q.ay.dg) * q.rs[2];
-              const scalar_t* wr = wc + (ty.k0 + a * q.ay.step) * q.KW;
-              for (index_t b = 0; b < tx.n; ++b) {
-                acc += static_cast<acc_t>(xr[(tx.c0 - b * q.ax.dg) * q.rs[3]]) *
-                       static_cast<acc_t>(wr[tx.k0 + b * q.ax.step]);
-              }
-            }
+            acc = taps(acc, xn + ci * q.rs[1], w + (ci * q.cout_g + j) * KK, ty, tx);
           }
         }
         y[n * q.ws[0] + co * q.ws[1] + oh * q.ws[2] + ow * q.ws[3]] = static_cast<scalar_t>(acc);
@@ -166,6 +176,14 @@ struct BackwardInputKernel {
   scalar_t* gx;
   Geom<index_t> q;
 
+  // Outputs up by d rows (columns) per tap, taps by 1.
+  template <typename acc_t>
+  FK_HD acc_t taps(acc_t acc, const scalar_t* plane, const scalar_t* filt, const Taps<index_t>& ty,
+                   const Taps<index_t>& tx) const {
+    return tap_sum(acc, plane, filt, ty, tx, q.ay.d, q.ax.d, index_t(1), index_t(1), q.rs[2],
+                   q.rs[3], q.KW);
+  }
+
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
     const index_t lin = index_t(t.block.x) * index_t(t.block_dim.x) + index_t(t.thread.x);
@@ -184,27 +202,12 @@ struct BackwardInputKernel {
         acc_t acc = acc_t(0);
         const scalar_t* gn = grad + n * q.rs[0];
         if (diag) {
-          const scalar_t* gc = gn + ci * q.rs[1];
-          const scalar_t* wc = wd + ci * KK;
-          for (index_t a = 0; a < ty.n; ++a) {
-            const scalar_t* gr = gc + (ty.c0 + a * q.ay.d) * q.rs[2] + tx.c0 * q.rs[3];
-            const scalar_t* wr = wc + (ty.k0 + a) * q.KW + tx.k0;
-            for (index_t b = 0; b < tx.n; ++b) {
-              acc += static_cast<acc_t>(gr[b * q.ax.d * q.rs[3]]) * static_cast<acc_t>(wr[b]);
-            }
-          }
+          acc = taps(acc, gn + ci * q.rs[1], wd + ci * KK, ty, tx);
         } else {
           const index_t grp = ci / q.cin_g;
           for (index_t j = 0; j < q.cout_g; ++j) {
-            const scalar_t* gc = gn + (grp * q.cout_g + j) * q.rs[1];
-            const scalar_t* wc = w + (ci * q.cout_g + j) * KK;
-            for (index_t a = 0; a < ty.n; ++a) {
-              const scalar_t* gr = gc + (ty.c0 + a * q.ay.d) * q.rs[2] + tx.c0 * q.rs[3];
-              const scalar_t* wr = wc + (ty.k0 + a) * q.KW + tx.k0;
-              for (index_t b = 0; b < tx.n; ++b) {
-                acc += static_cast<acc_t>(gr[b * q.ax.d * q.rs[3]]) * static_cast<acc_t>(wr[b]);
-              }
-            }
+            acc = taps(acc, gn + (grp * q.cout_g + j) * q.rs[1], w + (ci * q.cout_g + j) * KK, ty,
+                       tx);
           }
         }
         gx[n * q.ws[0] + ci * q.ws[1] + iy * q.ws[2] + ix * q.ws[3]] = static_cast<scalar_t>(acc);

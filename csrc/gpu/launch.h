@@ -16,6 +16,7 @@
 // neither launcher).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -78,6 +79,15 @@ inline bool fits_int32(std::initializer_list<int64_t> numels) {
     if (n >= lim) return false;
   }
   return true;
+}
+
+// 1 + the largest element offset a tensor's strides reach (its numel when dense, less when
+// expanded; 0 when empty): what index arithmetic over a strided tensor must cover.
+inline int64_t element_span(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;
+  int64_t s = 1;
+  for (int64_t a = 0; a < t.dim(); ++a) s += (t.size(a) - 1) * t.stride(a);
+  return s;
 }
 
 template <typename F>

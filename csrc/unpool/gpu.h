@@ -363,13 +363,11 @@ at::Tensor max_unpool2d_backward_gpu(const at::Tensor& grad_output, const at::Te
   if (flat_plane_stride(u.src) < 0) u.src = u.src.contiguous(layout_of(u.src));
   const bool check = check_indices && !L::capturing();
   const at::Tensor flag = check ? at::zeros({1}, u.out.options().dtype(at::kInt)) : at::Tensor();
-  int64_t extent = 1;  // one past grad_output's largest offset
-  for (int64_t d = 0; d < 4; ++d) extent += (u.src.size(d) - 1) * u.src.stride(d);
   // Channels folded into the planes: all of them for NCHW (V = 1), none for channels_last.
   const int64_t Cp = u.V == 1 ? u.src.size(1) : 1;
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
-    with_index_type(fits_int32({u.out.numel(), extent}), [&](auto index_zero) {
+    with_index_type(fits_int32({u.out.numel(), element_span(u.src)}), [&](auto index_zero) {
       using I = decltype(index_zero);
       const RowsLaunch l = rows_launch(u.IW * u.V, u.IH, u.P, unpool_max_blocks<L>());
       L::launch("max_unpool2d_backward", l.grid, l.block, 0,
