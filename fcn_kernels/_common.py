@@ -6,6 +6,12 @@ import numbers
 import torch
 
 
+def require_tensor(t, name: str) -> None:
+    """A TypeError naming `name` unless `t` is a tensor (the C++ checks cover the rest)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def pair(value, name: str, kind=numbers.Integral):
     """Expand an int (or float, with kind=numbers.Real) or a 2-sequence to a tuple of 2."""
     # Fast path for the common plain-int cases (these wrappers run on every call).

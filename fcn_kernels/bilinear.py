@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-from ._common import check_finite_positive, empty_like_layout, pair
+from ._common import check_finite_positive, empty_like_layout, pair, require_tensor
 
 _ops = torch.ops.fcn_kernels
 
@@ -36,8 +36,7 @@ def bilinear_upsample(
         raise NotImplementedError(f"Got {x.dim()}D input, but bilinear mode needs 4D input")
     # Argument forms are normalised here; tensor values (dtype, spatial extent, output
     # size) are checked once, in C++ (csrc/bilinear/args.h), for direct op calls alike.
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    require_tensor(x, "input")
     if x.dim() != 4:
         raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if align_corners is None:

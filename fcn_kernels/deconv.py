@@ -5,15 +5,10 @@ import numbers
 
 import torch
 
-from ._common import empty_like_layout, pair
+from ._common import empty_like_layout, pair, require_tensor
 from ._common import deconv_full_size as _full_size
 
 _ops = torch.ops.fcn_kernels
-
-
-def _tensor(t, name):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def conv_transpose2d_crop(
@@ -41,8 +36,8 @@ def conv_transpose2d_crop(
     # Only argument forms are handled here; every value is checked once, in C++
     # (csrc/deconv/args.h), with the same exception types and words whether the op is
     # called through this wrapper or directly. Autocast is the C++ Autocast kernel's.
-    _tensor(x, "input")
-    _tensor(weight, "weight")
+    require_tensor(x, "input")
+    require_tensor(weight, "weight")
     if x.dim() == 3:  # unbatched (C, H, W), as F.conv_transpose2d accepts
         return conv_transpose2d_crop(
             x.unsqueeze(0),
@@ -61,7 +56,7 @@ def conv_transpose2d_crop(
             f"input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}"
         )
     if bias is not None:
-        _tensor(bias, "bias")
+        require_tensor(bias, "bias")
     if isinstance(groups, bool) or not isinstance(groups, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"groups must be an integer, got {groups!r}")
     stride, padding, output_padding = (

@@ -2,7 +2,7 @@
 
 import torch
 
-from ._common import empty_like_layout, pair
+from ._common import empty_like_layout, pair, require_tensor
 
 _ops = torch.ops.fcn_kernels
 
@@ -40,10 +40,8 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     # Only argument forms are handled here; values (dtypes, shapes, devices, geometry,
     # index range) are checked once, in C++ (csrc/unpool/args.h), with the same exception
     # types whether the op is called through this wrapper or directly.
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    if not isinstance(indices, torch.Tensor):
-        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    require_tensor(input, "input")
+    require_tensor(indices, "indices")
     if input.dim() not in (3, 4):
         raise ValueError(
             "input must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor, got "
