@@ -37,19 +37,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def has_gpu(python):
-    probe = subprocess.run(
-        [python, "-c", "import torch; print(torch.cuda.is_available())"],
+def probe(python):
+    """(GPU visible?, a line naming torch, CUDA and the GPU) from one start of `python`."""
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import torch; ok = torch.cuda.is_available(); print(ok); print(torch.__version__, "
+            "torch.version.cuda, torch.cuda.get_device_name(0) if ok else 'no GPU')",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
-    return probe.stdout.strip() == "True"
+    lines = out.stdout.strip().splitlines()
+    header = lines[1] if len(lines) > 1 else out.stderr.strip()[-200:]
+    return bool(lines) and lines[0] == "True", f"{header}, {os.cpu_count()} CPUs"
 
 
 def steps(python, gpu, sanitizer):
     env = dict(os.environ, MAX_JOBS=str(os.cpu_count() or 4))
-    env.pop("TORCH_CUDA_ARCH_LIST", None) if gpu else None
+    if gpu:  # built for the visible GPU
+        env.pop("TORCH_CUDA_ARCH_LIST", None)
     yield (
         "build",
         [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."],
@@ -141,21 +150,6 @@ def write_summary(outdir, results, header):
         f.write("\n".join(lines) + "\n")
 
 
-def machine(python):
-    probe = subprocess.run(
-        [
-            python,
-            "-c",
-            "import torch; print(torch.__version__, torch.version.cuda, "
-            "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    return (probe.stdout.strip() or probe.stderr.strip()[-200:]) + f", {os.cpu_count()} CPUs"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
@@ -170,14 +164,13 @@ def main(argv=None):
         "that no longer fit are recorded as skipped (default 450)",
     )
     args = ap.parse_args(argv)
+    deadline = time.monotonic() + args.budget
     os.makedirs(args.outdir, exist_ok=True)
-    gpu = has_gpu(args.python)
+    gpu, header = probe(args.python)
     sanitizer = shutil.which("compute-sanitizer") or next(
         (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None
     )
-    header = machine(args.python)
     results = []
-    deadline = time.monotonic() + args.budget
     for name, cmd, limit, env, skip in steps(args.python, gpu, sanitizer):
         if args.only and name not in args.only.split(","):
             continue
@@ -194,9 +187,8 @@ def main(argv=None):
             f"gpu-check {name:10s} {results[-1]['status']:8s} {results[-1].get('seconds', '')}",
             flush=True,
         )
-        write_summary(
-            args.outdir, results, header
-        )  # after every step: a cut-off run keeps its results
+        # after every step: a cut-off run keeps its results
+        write_summary(args.outdir, results, header)
     failed = [r["step"] for r in results if r["status"] == "failed"]
     print(
         f"gpu-check: {header}; failed: {', '.join(failed) or 'none'}; see {args.outdir}/summary.md"
