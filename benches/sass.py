@@ -63,7 +63,6 @@ class Kernel:
 
 
 def tool(name):
-    here = os.path.dirname(os.path.abspath(__file__))
     candidates = []
     try:
         import triton  # noqa: F401  (ships cuobjdump/nvdisasm)
@@ -80,7 +79,7 @@ def tool(name):
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
-    raise SystemExit(f"sass: {name} not found (looked in {candidates}, from {here})")
+    raise SystemExit(f"sass: {name} not found (looked in {candidates})")
 
 
 def default_so():
@@ -134,7 +133,7 @@ def parse(so, arch):
             continue
         current.instructions += 1
         current.opcodes[base] = current.opcodes.get(base, 0) + 1
-        if base in FP64_OPS or ".F64" in op or base.startswith("DMUL") or "RCP64" in op:
+        if base in FP64_OPS or ".F64" in op or "RCP64" in op:
             current.fp64 += 1
         if base == "CALL":
             current.calls += 1
