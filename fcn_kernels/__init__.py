@@ -7,7 +7,9 @@ kernels and autograd, so they work with torch.compile and torch.export.
 
 import torch  # noqa: F401  (must be imported before the extension loads)
 
-from . import _C  # noqa: F401  (registers the operators)
+from ._loader import load as _load_extension
+
+_C = _load_extension()  # registers the operators; a clear error under another torch
 from ._common import deconv_full_size
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop
@@ -16,6 +18,14 @@ from .fuse import fuse
 from . import nn
 
 __version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What the extension was compiled for: torch version, CUDA version (None: CPU
+    kernels only) and source directory, as recorded by setup.py."""
+    from . import _build_info as info
+
+    return {"torch": info.TORCH_VERSION, "cuda": info.CUDA_VERSION, "source": info.SOURCE_DIR}
 
 
 def cuda_built() -> bool:
@@ -33,5 +43,6 @@ __all__ = [
     "nn",
     "testing",
     "cuda_built",
+    "build_info",
     "__version__",
 ]
