@@ -7,9 +7,7 @@ kernels and autograd, so they work with torch.compile and torch.export.
 
 import torch  # noqa: F401  (must be imported before the extension loads)
 
-from ._loader import load as _load_extension
-
-_C = _load_extension()  # registers the operators; a clear error under another torch
+from ._loader import extension as _C  # noqa: F401  (registers the operators; checks torch)
 from ._common import deconv_full_size
 from .bilinear import bilinear_upsample
 from .deconv import bilinear_kernel, conv_transpose2d_crop

@@ -71,3 +71,6 @@ def load():
         f"Rebuild it against the installed torch with:\n    "
         f"{rebuild_command(source_dir, package_dir)}"
     )
+
+
+extension = load()
