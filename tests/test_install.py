@@ -45,11 +45,11 @@ def test_build_info_describes_this_build():
 def test_other_torch_gets_one_clear_error(monkeypatch):
     from fcn_kernels import _build_info
 
-    monkeypatch.setattr(_build_info, "TORCH_VERSION", "2.11.0+cu130")
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.13.1+cu117")
     with pytest.raises(ImportError) as e:
         _loader.load()
     msg = str(e.value)
-    assert "2.11.0+cu130" in msg and torch.__version__ in msg
+    assert "1.13.1+cu117" in msg and torch.__version__ in msg
     assert f"pip install -e {_build_info.SOURCE_DIR}" in msg
 
 
@@ -96,7 +96,10 @@ def _isolated_backend(tmp_path, **env):
 
     build_env = tmp_path / "build-env"
     build_env.mkdir()
-    (build_env / "setuptools").symlink_to(os.path.dirname(setuptools.__file__))
+    site_packages = os.path.dirname(os.path.dirname(setuptools.__file__))
+    for name in ("setuptools", "pkg_resources", "_distutils_hack"):  # older setuptools: 3
+        if os.path.isdir(os.path.join(site_packages, name)):
+            (build_env / name).symlink_to(os.path.join(site_packages, name))
     (tmp_path / "sitecustomize.py").write_text(
         textwrap.dedent(_ISOLATE.format(build_env=str(build_env)))
     )
