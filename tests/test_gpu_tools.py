@@ -166,6 +166,20 @@ def test_emulated_launcher_phases_shared_memory_and_limits():
         emu._launch_self_test(1, 64, 64 * 1024)
 
 
+def test_oversized_grids_raise_instead_of_wrapping():
+    emu = torch.ops.fcn_kernels_emu
+    emu._launch_self_test(1000, 256, 0, "elements")  # a valid launch of empty threads
+    # Grids are computed and checked in 64 bits: 2^32 + 1 blocks must not wrap to 1.
+    with pytest.raises(RuntimeError, match=r"invalid grid \(4294967297, 1, 1\)"):
+        emu._launch_self_test((2**32 + 1) * 256, 256, 0, "elements")
+    with pytest.raises(RuntimeError, match=r"invalid grid \(2147483648, 1, 1\)"):
+        emu._launch_self_test(2**31 * 64, 64, 0, "elements")
+    with pytest.raises(RuntimeError, match="invalid grid"):
+        emu._launch_self_test(2**32 + 1, 64, 0)  # the block-sum kernel's grid, given directly
+    with pytest.raises(RuntimeError, match="invalid block"):
+        emu._launch_self_test(1, 2**32 + 64, 0, "elements")
+
+
 def test_gpu_check_keeps_within_its_budget(tmp_path):
     # With no time left every step is recorded as skipped, none is started.
     out = subprocess.run(

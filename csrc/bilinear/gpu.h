@@ -39,14 +39,12 @@ constexpr int kThreads = 256;
 
 // Grid (x: chunks of a row of `row` elements, y: rows, z: plane chunks) with enough
 // blocks to fill the device; every thread loops over planes z, z + grid.z, ...
-inline Dim plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
-  Dim g;
-  g.x = ceil_div_u32(row, kThreads);
-  g.y = static_cast<uint32_t>(std::min<int64_t>(rows, kMaxGridYZ));
+inline Extent plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
+  Extent g;
+  g.x = ceil_div(row, kThreads);
+  g.y = std::min<int64_t>(rows, kMaxGridYZ);
   const int64_t want = int64_t(sm_count) * 8;
-  const int64_t per_plane = int64_t(g.x) * g.y;
-  g.z = static_cast<uint32_t>(
-      std::clamp<int64_t>((want + per_plane - 1) / per_plane, 1, std::min(planes, kMaxGridYZ)));
+  g.z = std::clamp<int64_t>(ceil_div(want, g.x * g.y), 1, std::min(planes, kMaxGridYZ));
   return g;
 }
 
@@ -208,14 +206,14 @@ at::Tensor forward(const at::Tensor& self, at::IntArrayRef output_size, bool ali
   const int IH = x.size(2), IW = x.size(3), OH = output_size[0], OW = output_size[1];
   TORCH_CHECK_VALUE(int64_t(OW) * V < (int64_t(1) << 31) && P < (int64_t(1) << 31),
                     "bilinear_upsample: an output row or the plane count exceeds 2^31");
-  const Dim grid = plane_grid(int64_t(OW) * V, OH, P, L::sm_count());
+  const Extent grid = plane_grid(int64_t(OW) * V, OH, P, L::sm_count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_gpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
     const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
     with_index_type(fits_int32({x.numel(), y.numel()}), [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      L::launch("bilinear_upsample", grid, Dim{kThreads}, 0,
+      L::launch("bilinear_upsample", grid, Extent{kThreads}, 0,
                 Forward<scalar_t, index_t>{
                     x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), IH, IW, OH, OW,
                     static_cast<int>(V), static_cast<int>(P), rh, rw, align_corners});
@@ -257,21 +255,22 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, b
         auto* taps = reinterpret_cast<LinearTap<acc_t, int>*>(base + tap_offset);
         const AxisTable<acc_t> th{base, base + IH, taps};
         const AxisTable<acc_t> tw{base + 2 * IH, base + 2 * IH + IW, taps + OH};
-        L::launch("bilinear_backward_tables", Dim{ceil_div_u32(IH + IW + OH + OW, kThreads)},
-                  Dim{kThreads}, 0, Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
+        L::launch("bilinear_backward_tables", Extent{ceil_div(IH + IW + OH + OW, kThreads)},
+                  Extent{kThreads}, 0,
+                  Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
         at::Tensor rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
-        const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
-        const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
+        const Extent grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
+        const Extent grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
         // g's furthest element offset bounds its index type (strides may be anything).
         const bool small = fits_int32({element_span(g), rows.numel(), gx.numel()});
         with_index_type(small, [&](auto index_zero) {
           using index_t = decltype(index_zero);
-          L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
+          L::launch("bilinear_backward_rows", grid1, Extent{kThreads}, 0,
                     BackwardRows<scalar_t, index_t>{
                         g.const_data_ptr<scalar_t>(), rows.mutable_data_ptr<acc_t>(), th, IH, OH,
                         OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
                         index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
-          L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
+          L::launch("bilinear_backward_cols", grid2, Extent{kThreads}, 0,
                     BackwardCols<scalar_t, index_t>{
                         tw, IH, IW, OW, static_cast<int>(V), static_cast<int>(P),
                         rows.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>()});

@@ -25,8 +25,10 @@ struct EmuLauncher {
   };
 
   template <typename K>
-  static void launch(const char* name, Dim grid, Dim block, size_t smem, const K& kernel) {
-    check_launch(grid, block, smem, name);
+  static void launch(const char* name, const Extent& grid_size, const Extent& block_size,
+                     size_t smem, const K& kernel) {
+    const auto dims = check_launch(grid_size, block_size, smem, name);
+    const Dim grid = dims.first, block = dims.second;
     const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
     const int64_t threads = int64_t(block.x) * block.y * block.z;
     const int64_t grain = std::max<int64_t>(1, 16384 / threads);

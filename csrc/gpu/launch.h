@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 #include "common/tensor.h"
 
@@ -53,15 +54,33 @@ constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;  // without cudaFuncSetAttribute
 
-inline void check_launch(const Dim& grid, const Dim& block, size_t smem, const char* name) {
-  const int64_t threads = int64_t(block.x) * block.y * block.z;
+// Host-side launch extents, in 64 bits: grid sizes are computed and checked against
+// CUDA's limits here before they are narrowed to the 32-bit dims a launch takes, so an
+// oversized launch raises instead of running a truncated grid.
+struct Extent {
+  int64_t x = 1, y = 1, z = 1;
+  constexpr Extent() = default;
+  constexpr Extent(int64_t x_, int64_t y_ = 1, int64_t z_ = 1) : x(x_), y(y_), z(z_) {}
+  constexpr Extent(const Dim& d) : x(d.x), y(d.y), z(d.z) {}
+};
+
+// Validates a launch (a TORCH_CHECK error naming the kernel otherwise) and returns its
+// grid and block as launch dims.
+inline std::pair<Dim, Dim> check_launch(const Extent& grid, const Extent& block, size_t smem,
+                                        const char* name) {
   TORCH_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= kMaxGridX &&
                   grid.y <= kMaxGridYZ && grid.z <= kMaxGridYZ,
               name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
-  TORCH_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64, name,
-              ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  TORCH_CHECK(block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= kMaxThreadsPerBlock &&
+                  block.y <= kMaxThreadsPerBlock && block.z <= 64 &&
+                  block.x * block.y * block.z <= kMaxThreadsPerBlock,
+              name, ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
   TORCH_CHECK(smem <= static_cast<size_t>(kMaxSharedBytes), name, ": ", smem,
               " bytes of shared memory exceed the default limit");
+  auto dim = [](const Extent& e) {
+    return Dim{static_cast<uint32_t>(e.x), static_cast<uint32_t>(e.y), static_cast<uint32_t>(e.z)};
+  };
+  return {dim(grid), dim(block)};
 }
 
 // ---------------------------------------------------------------------------
@@ -99,8 +118,16 @@ void with_index_type(bool small, F&& f) {
   }
 }
 
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// For call sites that build a Dim: a quotient that does not fit raises here (it would
+// otherwise wrap into a small, valid-looking grid). New code passes Extent{ceil_div()}.
 inline uint32_t ceil_div_u32(int64_t a, int64_t b) {
-  return static_cast<uint32_t>((a + b - 1) / b);
+  const int64_t q = ceil_div(a, b);
+  TORCH_CHECK(q >= 0 && q <= int64_t(UINT32_MAX), "launch dimension ", q, " exceeds 2^32 - 1");
+  return static_cast<uint32_t>(q);
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "gpu/emu_launcher.h"
@@ -55,10 +56,25 @@ struct BlockSum {
   }
 };
 
-at::Tensor launch_self_test(int64_t grid, int64_t block, int64_t smem) {
-  at::Tensor out = at::empty({std::max<int64_t>(grid, 0)}, at::TensorOptions().dtype(at::kLong));
-  EmuLauncher::launch("launch_self_test", Dim{static_cast<uint32_t>(grid)},
-                      Dim{static_cast<uint32_t>(block)}, static_cast<size_t>(smem),
+struct Nothing {
+  void operator()(const Thread&) const {}
+};
+
+// kernel "sum": `grid` blocks of BlockSum, returns out[b]. kernel "elements": a launch
+// of empty threads over `grid` elements, its grid sized by ceil_div as the ops' host
+// code does (nothing is allocated, so oversized launches are testable); returns [].
+at::Tensor launch_self_test(int64_t grid, int64_t block, int64_t smem, c10::string_view kernel) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  if (kernel == "elements") {
+    TORCH_CHECK(block >= 1, "launch_self_test: block must be positive");
+    EmuLauncher::launch("launch_self_test", Extent{ceil_div(grid, block)}, Extent{block},
+                        static_cast<size_t>(smem), Nothing{});
+    return at::empty({0}, opts);
+  }
+  TORCH_CHECK(kernel == "sum", "launch_self_test: unknown kernel '", kernel, "'");
+  TORCH_CHECK(grid <= (1 << 20), "launch_self_test: grid too large for a test");
+  at::Tensor out = at::empty({std::max<int64_t>(grid, 0)}, opts);
+  EmuLauncher::launch("launch_self_test", Extent{grid}, Extent{block}, static_cast<size_t>(smem),
                       BlockSum{out.mutable_data_ptr<int64_t>()});
   return out;
 }
@@ -68,7 +84,8 @@ at::Tensor launch_self_test(int64_t grid, int64_t block, int64_t smem) {
 TORCH_LIBRARY_FRAGMENT(fcn_kernels_emu, m) {
   m.def("_set_index32_limit(int limit) -> int", &set_index32_limit);
   m.def("_set_capturing(bool capturing) -> bool", &set_emu_capturing);
-  m.def("_launch_self_test(int grid, int block, int smem) -> Tensor", &launch_self_test);
+  m.def("_launch_self_test(int grid, int block, int smem, str kernel=\"sum\") -> Tensor",
+        &launch_self_test);
 }
 
 }  // namespace fcn_kernels

@@ -55,7 +55,7 @@ constexpr int64_t kUnpoolThreads = 256;
 // `planes` planes; at most `max_blocks` blocks when max_blocks > 0 (then rows and
 // planes loop inside the kernel).
 struct RowsLaunch {
-  Dim grid, block;
+  Extent grid, block;
 };
 inline RowsLaunch rows_launch(int64_t row_len, int64_t rows, int64_t planes,
                               int64_t max_blocks = 0) {
@@ -69,8 +69,8 @@ inline RowsLaunch rows_launch(int64_t row_len, int64_t rows, int64_t planes,
     gz = std::clamp<int64_t>(max_blocks / (gx * gy), 1, gz);
   }
   RowsLaunch l;
-  l.grid = {static_cast<uint32_t>(gx), static_cast<uint32_t>(gy), static_cast<uint32_t>(gz)};
-  l.block = {static_cast<uint32_t>(bx), static_cast<uint32_t>(by), 1};
+  l.grid = {gx, gy, gz};
+  l.block = {bx, by, 1};
   return l;
 }
 
