@@ -12,8 +12,10 @@
 // A kernel that needs __syncthreads declares `static constexpr int kPhases = n`; its
 // body then runs n times per thread with t.phase = 0 .. n-1 and a block-wide barrier
 // between phases (the emulator runs each phase for all of a block's threads before the
-// next), sharing data only through t.smem (dynamic shared memory, zero-filled by
-// neither launcher).
+// next), sharing data only through t.shared<T>() (dynamic shared memory, zero-filled
+// by neither launcher). Under the emulator's racecheck (fcn_kernels.testing.racecheck())
+// every access through it is recorded, and a byte one thread wrote that another thread
+// reads or writes in the same phase (or one read that another writes) raises.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -33,14 +35,71 @@ struct Dim {
   uint32_t x = 1, y = 1, z = 1;
 };
 
+struct SmemCheck;  // the emulator's racecheck state (gpu/emu_launcher.h)
+template <typename T>
+struct SharedArray;
+
 struct Thread {
-  Dim block;      // blockIdx
-  Dim thread;     // threadIdx
-  Dim grid;       // gridDim
-  Dim block_dim;  // blockDim
-  int phase;      // 0 .. K::kPhases-1
-  char* smem;     // the block's dynamic shared memory
+  Dim block;                   // blockIdx
+  Dim thread;                  // threadIdx
+  Dim grid;                    // gridDim
+  Dim block_dim;               // blockDim
+  int phase;                   // 0 .. K::kPhases-1
+  char* smem;                  // the block's dynamic shared memory (raw: not checked)
+  SmemCheck* check = nullptr;  // emulated racecheck on: accesses are recorded
+
+  // The block's dynamic shared memory as an array of T (the checked view).
+  template <typename T>
+  FK_HD SharedArray<T> shared() const;
 };
+
+// Records an access of `bytes` bytes at p by thread t for the racecheck, raising on a
+// conflict (gpu/state.cpp; host only).
+void smem_access(const Thread& t, const void* p, size_t bytes, bool write);
+
+// An element of shared memory. On the GPU a plain load or store once inlined (the
+// check branch is compiled out); in emulation it tells the racecheck first.
+template <typename T>
+struct SharedRef {
+  T* p;
+  const Thread* t;
+
+  FK_HD SharedRef(T* p_, const Thread* t_) : p(p_), t(t_) {}
+  SharedRef(const SharedRef&) = default;
+
+  FK_HD operator T() const {
+    note(false);
+    return *p;
+  }
+  FK_HD SharedRef& operator=(T v) {
+    note(true);
+    *p = v;
+    return *this;
+  }
+  FK_HD SharedRef& operator=(const SharedRef& other) { return *this = T(other); }
+  FK_HD SharedRef& operator+=(T v) { return *this = T(*this) + v; }  // a read, then a write
+
+  FK_HD void note(bool write) const {
+#ifndef __CUDA_ARCH__
+    if (t->check != nullptr) smem_access(*t, p, sizeof(T), write);
+#endif
+  }
+};
+
+template <typename T>
+struct SharedArray {
+  T* p;
+  const Thread* t;
+  template <typename I>
+  FK_HD SharedRef<T> operator[](I i) const {
+    return {p + i, t};
+  }
+};
+
+template <typename T>
+FK_HD SharedArray<T> Thread::shared() const {
+  return {reinterpret_cast<T*>(smem), this};
+}
 
 template <typename K, typename = void>
 struct PhasesOf : std::integral_constant<int, 1> {};
