@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct EmuOptions {
   int64_t seed = 0;
 };
 EmuOptions& emu_options();
+
+// Launches run by the emulator so far (tests count a host side's launches with it).
+std::atomic<int64_t>& emu_launch_count();
 
 // Per byte of a block's shared memory, in the current phase: the thread that wrote it
 // and up to two distinct threads that read it (-1: none), as linear thread indices.
@@ -65,6 +69,7 @@ struct EmuLauncher {
     const auto dims = check_launch(grid_size, block_size, smem, name);
     const Dim grid = dims.first, block = dims.second;
     const EmuOptions opt = emu_options();
+    emu_launch_count().fetch_add(1, std::memory_order_relaxed);
     const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
     const int32_t threads = static_cast<int32_t>(int64_t(block.x) * block.y * block.z);
     const int64_t grain = std::max<int64_t>(1, 16384 / threads);

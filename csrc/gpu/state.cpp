@@ -145,6 +145,11 @@ std::string thread_name(const Dim& d, int32_t k) {
 
 }  // namespace
 
+std::atomic<int64_t>& emu_launch_count() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
 EmuOptions& emu_options() {
   static EmuOptions options;
   return options;
@@ -206,6 +211,7 @@ TORCH_LIBRARY_FRAGMENT(fcn_kernels_emu, m) {
   m.def("_launch_self_test(int grid, int block, int smem, str kernel=\"sum\") -> Tensor",
         &launch_self_test);
   m.def("_set_racecheck(bool on) -> bool", &set_racecheck);
+  m.def("_launch_count() -> int", [] { return emu_launch_count().load(); });
   m.def("_set_thread_order(int order, int seed) -> int[]", &set_thread_order);
 }
 
