@@ -1,5 +1,6 @@
 """bilinear_upsample vs F.interpolate(mode="bilinear"): forward, backward, both."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -25,8 +26,17 @@ IMPLS = {
 }
 
 
+# The GPU backward's implementations (FCN_KERNELS_BILINEAR_BACKWARD): one GPU run times
+# both against ATen. ATen is timed again per variant so the report pairs each with it.
+VARIANTS = ["separable", "direct"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @op_matrix(CASES, IMPLS)
-def test_bilinear(benchmark, device, case, dtype, layout, direction, impl):
+def test_bilinear(benchmark, monkeypatch, device, case, dtype, layout, direction, impl, variant):
+    if variant != VARIANTS[0] and (device != "cuda" or direction == "fwd"):
+        pytest.skip("a CUDA backward variant")
+    monkeypatch.setenv("FCN_KERNELS_BILINEAR_BACKWARD", variant)
     shape, kw = CASES[case]
     x = torch.randn(shape, device=device, dtype=getattr(torch, dtype))
     if layout == "cl":

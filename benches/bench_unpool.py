@@ -6,6 +6,7 @@ Indices come from max-pooling random maps. `python -m benches.report -k unpool` 
 the table (ours vs ATen, and on CUDA the bandwidth).
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +27,17 @@ if QUICK:
 IMPLS = {"ours": fk.max_unpool2d, "aten": F.max_unpool2d}
 
 
+# The GPU forward's implementations (FCN_KERNELS_UNPOOL): one GPU run times both against
+# ATen. ATen is timed again per variant so the report pairs each with it.
+VARIANTS = ["gated", "ondemand"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @op_matrix(CASES, IMPLS)
-def test_unpool(benchmark, device, case, dtype, layout, direction, impl):
+def test_unpool(benchmark, monkeypatch, device, case, dtype, layout, direction, impl, variant):
+    if variant != VARIANTS[0] and (device != "cuda" or direction == "bwd"):
+        pytest.skip("a CUDA forward variant")
+    monkeypatch.setenv("FCN_KERNELS_UNPOOL", variant)
     shape, k, s = CASES[case]
     x = torch.randn(shape, device=device)
     if layout == "cl":

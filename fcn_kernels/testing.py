@@ -10,11 +10,14 @@ CUDA code paths on a machine without a GPU::
     with fcn_kernels.testing.emulated_cuda():
         y = fcn_kernels.bilinear_upsample(x, scale_factor=8)   # the CUDA kernels, on CPU
 
-Emulation checks indexing, dtypes, layouts, multi-pass logic and launch configurations;
-it cannot show data races, stream or CUDA-graph problems, register limits or timing.
+Emulation checks indexing, dtypes, layouts, multi-pass logic and launch configurations,
+and (:func:`racecheck`, :func:`thread_order`) shared-memory races between the threads of a block;
+it cannot show races through global memory, stream or CUDA-graph problems, register limits
+or timing.
 """
 
 import contextlib
+import os
 
 import torch
 
@@ -35,9 +38,22 @@ OPS = (
 def emulated_cuda():
     """Within this block, CPU calls of ``torch.ops.fcn_kernels.*`` run the emulated
     CUDA implementation (``torch.ops.fcn_kernels_emu.*``). Not thread-safe: it changes
-    the operators' CPU kernels process-wide until the block ends."""
+    the operators' CPU kernels process-wide until the block ends.
+
+    The environment variables ``FCN_KERNELS_EMU_RACECHECK=1`` and
+    ``FCN_KERNELS_EMU_ORDER=forward|reverse|shuffle[:seed]`` turn on :func:`racecheck`
+    and :func:`thread_order` inside it, so a whole test suite's emulated runs can be
+    repeated under them (e.g. ``FCN_KERNELS_EMU_RACECHECK=1 FCN_KERNELS_EMU_ORDER=reverse
+    pytest -m emu``)."""
     lib = torch.library.Library("fcn_kernels", "IMPL")
     try:
+        stack = contextlib.ExitStack()
+        if os.environ.get("FCN_KERNELS_EMU_RACECHECK", "") not in ("", "0"):
+            stack.enter_context(racecheck())
+        order = os.environ.get("FCN_KERNELS_EMU_ORDER", "")
+        if order:
+            name, _, seed = order.partition(":")
+            stack.enter_context(thread_order(name, int(seed or 0)))
         for name in OPS:
             emu = getattr(torch.ops.fcn_kernels_emu, name).default
 
@@ -45,7 +61,8 @@ def emulated_cuda():
                 return _emu(*args, **kwargs)
 
             lib.impl(name, kernel, "CPU")
-        yield
+        with stack:
+            yield
     finally:
         lib._destroy()
 
@@ -70,3 +87,34 @@ def emulated_capture():
         yield
     finally:
         torch.ops.fcn_kernels_emu._set_capturing(old)
+
+
+@contextlib.contextmanager
+def racecheck(enabled: bool = True):
+    """Check the emulated launcher's shared memory for races: every access through
+    ``t.shared<T>()`` is recorded per byte and phase (the code between two barriers), and
+    a byte one thread wrote that another reads or writes in the same phase, or one read
+    that another writes, raises a RuntimeError naming the kernel, block, threads, phase
+    and offset. Slow; process-wide until the block ends."""
+    old = torch.ops.fcn_kernels_emu._set_racecheck(enabled)
+    try:
+        yield
+    finally:
+        torch.ops.fcn_kernels_emu._set_racecheck(old)
+
+
+THREAD_ORDERS = ("forward", "reverse", "shuffle")
+
+
+@contextlib.contextmanager
+def thread_order(order: str, seed: int = 0):
+    """Run the threads of each block's phase in ``"forward"`` (thread-index), ``"reverse"``
+    or ``"shuffle"`` (a permutation per block and phase, reproducible from ``seed``)
+    order in the emulated launcher, so results that depend on the order show up."""
+    if order not in THREAD_ORDERS:
+        raise ValueError(f"thread_order: order must be one of {THREAD_ORDERS}, got {order!r}")
+    old = torch.ops.fcn_kernels_emu._set_thread_order(THREAD_ORDERS.index(order), seed)
+    try:
+        yield
+    finally:
+        torch.ops.fcn_kernels_emu._set_thread_order(*old)

@@ -349,3 +349,77 @@ def test_emulated_gradcheck_and_direct_ops():
     )
     with pytest.raises(ValueError, match="output_size must be positive"):
         emu.bilinear_upsample(x.detach(), [0, 5], True, None, None)
+
+
+# ---- the GPU backward's variants (FCN_KERNELS_BILINEAR_BACKWARD) --------------------
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("variant", ["separable", "direct"])
+@pytest.mark.parametrize("limit", [0, 50], ids=["int32", "int64"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape,kw", CASES, ids=IDS)
+def test_emulated_backward_variants_match_aten(
+    monkeypatch, variant, limit, align_corners, shape, kw
+):
+    """Both GPU backward implementations over the whole shape grid, int32 and int64
+    index kernels, NCHW and channels_last, against ATen in float64; bit-identical reruns."""
+    monkeypatch.setenv("FCN_KERNELS_BILINEAR_BACKWARD", variant)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    theirs = ref(x, kw, align_corners)
+    g = torch.randn_like(theirs)
+    (want,) = torch.autograd.grad(theirs, x, g)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.detach().contiguous(memory_format=layout).requires_grad_()
+        with emulated_cuda(), index32_limit(limit):
+            y = fk.bilinear_upsample(xl, align_corners=align_corners, **kw)
+            grads = [torch.autograd.grad(y, xl, g, retain_graph=True)[0] for _ in range(2)]
+        assert_close(grads[0], want)
+        assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_emulated_direct_backward_low_precision_and_strided_grads(monkeypatch, dtype):
+    monkeypatch.setenv("FCN_KERNELS_BILINEAR_BACKWARD", "direct")
+    x = torch.randn(2, 3, 9, 8).to(dtype).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    theirs = ref(x64, dict(scale_factor=2), False)
+    grads = {
+        "dense": torch.randn(theirs.shape).to(dtype),
+        "expanded": torch.tensor(1.5).to(dtype).expand(theirs.shape),
+        "transposed": torch.randn(2, 3, 16, 18).to(dtype).transpose(2, 3),
+    }
+    with emulated_cuda():
+        y = fk.bilinear_upsample(x, scale_factor=2)
+        for name, g in grads.items():
+            (gx,) = torch.autograd.grad(y, x, g, retain_graph=True)
+            (gx64,) = torch.autograd.grad(theirs, x64, g.double(), retain_graph=True)
+            (mag,) = torch.autograd.grad(theirs, x64, g.double().abs(), retain_graph=True)
+            bound = 8 * torch.finfo(dtype).eps * mag + TOL[dtype]["atol"]
+            assert ((gx.double() - gx64).abs() <= bound).all(), name
+
+
+@pytest.mark.emu
+def test_backward_variant_bad_value_raises(monkeypatch):
+    monkeypatch.setenv("FCN_KERNELS_BILINEAR_BACKWARD", "atomic")
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    with emulated_cuda():
+        y = fk.bilinear_upsample(x, scale_factor=2)
+        with pytest.raises(ValueError, match="FCN_KERNELS_BILINEAR_BACKWARD must be one of"):
+            y.sum().backward()
+
+
+@pytest.mark.emu
+def test_backward_variants_launch_counts(monkeypatch):
+    # The direct variant is one gather launch after the tables; separable is two passes.
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    counts = {}
+    for variant in ("separable", "direct"):
+        monkeypatch.setenv("FCN_KERNELS_BILINEAR_BACKWARD", variant)
+        with emulated_cuda():
+            y = fk.bilinear_upsample(x, scale_factor=2)
+            before = torch.ops.fcn_kernels_emu._launch_count()
+            torch.autograd.grad(y, x, torch.ones_like(y))
+            counts[variant] = torch.ops.fcn_kernels_emu._launch_count() - before
+    assert counts == {"separable": 3, "direct": 2}

@@ -166,6 +166,18 @@ def test_emulated_launcher_phases_shared_memory_and_limits():
         emu._launch_self_test(1, 64, 64 * 1024)
 
 
+def test_oversized_grids_raise_instead_of_wrapping():
+    emu = torch.ops.fcn_kernels_emu
+    emu._launch_self_test(1000, 256, 0, "elements")  # a valid launch of empty threads
+    # Grids are computed and checked in 64 bits: 2^32 + 1 blocks must not wrap to 1.
+    with pytest.raises(RuntimeError, match=r"invalid grid \(4294967297, 1, 1\)"):
+        emu._launch_self_test((2**32 + 1) * 256, 256, 0, "elements")
+    with pytest.raises(RuntimeError, match=r"invalid grid \(2147483648, 1, 1\)"):
+        emu._launch_self_test(2**31 * 64, 64, 0, "elements")
+    with pytest.raises(RuntimeError, match="invalid block"):
+        emu._launch_self_test(1, 2**32 + 64, 0, "elements")
+
+
 def test_gpu_check_keeps_within_its_budget(tmp_path):
     # With no time left every step is recorded as skipped, none is started.
     out = subprocess.run(
@@ -180,3 +192,134 @@ def test_gpu_check_keeps_within_its_budget(tmp_path):
     assert all(s["status"] == "skipped" for s in steps)
     assert any(s.get("reason") == "out of time (--budget)" for s in steps)
     assert not any(tmp_path.glob("*.log"))
+
+
+# ---- the emulated launcher's racecheck and thread orders -----------------------------
+
+RACY = {
+    "raw": "read after write|write after read",  # a sum without its barrier
+    "war": "write after read|read after write",  # s[i] += s[i + 1] in place
+    "waw": "write after write",  # every thread stores s[0]
+}
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle"])
+@pytest.mark.parametrize("kernel", list(RACY))
+def test_racecheck_reports_a_racy_kernel(kernel, order):
+    from fcn_kernels.testing import racecheck, thread_order
+
+    emu = torch.ops.fcn_kernels_emu
+    with thread_order(order, seed=3), racecheck():
+        with pytest.raises(RuntimeError, match=RACY[kernel]) as err:
+            emu._launch_self_test(2, 64, 64 * 8, kernel)
+    # Where: kernel, block, thread, phase, byte offset, the other thread.
+    msg = str(err.value)
+    assert "racecheck: launch_self_test: block (0, 0, 0) thread (" in msg
+    assert f"phase {1 if kernel == 'war' else 0}:" in msg
+    assert "shared-memory byte" in msg and "accessed by thread (" in msg
+    emu._launch_self_test(2, 64, 64 * 8, kernel)  # off again: no check, no error
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle"])
+def test_racecheck_passes_a_correct_kernel(order):
+    from fcn_kernels.testing import racecheck, thread_order
+
+    with thread_order(order, seed=5), racecheck():
+        out = torch.ops.fcn_kernels_emu._launch_self_test(3, 96, 96 * 8)
+    assert torch.equal(out, torch.arange(3 * 96).view(3, 96).sum(1))
+
+
+def test_racecheck_reports_shared_memory_out_of_bounds():
+    from fcn_kernels.testing import racecheck
+
+    with racecheck(), pytest.raises(RuntimeError, match="offset 504 outside the launch's 504"):
+        torch.ops.fcn_kernels_emu._launch_self_test(1, 64, 64 * 8 - 8)
+
+
+def test_thread_orders():
+    from fcn_kernels.testing import thread_order
+
+    emu = torch.ops.fcn_kernels_emu
+    ranks = {}
+    for order, seed in [
+        ("forward", 0),
+        ("reverse", 0),
+        ("shuffle", 1),
+        ("shuffle", 1),
+        ("shuffle", 2),
+    ]:
+        with thread_order(order, seed):
+            ranks[order, seed] = r = emu._launch_self_test(2, 32, 0, "order")
+        assert torch.equal(r.sort(1).values, torch.arange(32).expand(2, 32))  # each thread once
+    assert torch.equal(ranks["forward", 0], torch.arange(32).expand(2, 32))
+    assert torch.equal(ranks["reverse", 0], torch.arange(31, -1, -1).expand(2, 32))
+    shuffled = ranks["shuffle", 1]
+    assert not torch.equal(shuffled[0], torch.arange(32)) and not torch.equal(
+        shuffled[0], shuffled[1]
+    )
+    assert not torch.equal(shuffled, ranks["shuffle", 2])
+    assert torch.equal(emu._launch_self_test(2, 32, 0, "order"), ranks["forward", 0])  # restored
+    # A forgotten barrier passes in forward order and shows as a wrong sum in another.
+    want = torch.arange(64).view(2, 32).sum(1)
+    assert torch.equal(emu._launch_self_test(2, 32, 32 * 8, "raw"), want)
+    with thread_order("reverse"):
+        assert not torch.equal(emu._launch_self_test(2, 32, 32 * 8, "raw"), want)
+    with pytest.raises(ValueError, match="order must be one of"):
+        with thread_order("backwards"):
+            pass
+
+
+def test_emulation_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FCN_KERNELS_EMU_RACECHECK", "1")
+    monkeypatch.setenv("FCN_KERNELS_EMU_ORDER", "reverse")
+    emu = torch.ops.fcn_kernels_emu
+    with emulated_cuda():
+        ranks = emu._launch_self_test(1, 8, 0, "order")
+        with pytest.raises(RuntimeError, match="racecheck"):
+            emu._launch_self_test(1, 8, 64, "waw")
+    assert torch.equal(ranks[0], torch.arange(7, -1, -1))
+    emu._launch_self_test(1, 8, 64, "waw")  # both off again after the block
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle"])
+@pytest.mark.parametrize("index", ["int32", "int64"])
+def test_shared_memory_kernels_pass_racecheck_in_every_order(order, index):
+    """The deconv weight-gradient kernel (depthwise weights; the one shared-memory kernel) under the
+    racecheck, in each thread order, one slice and several, against ATen in float64;
+    unpool's general path (atomics: the result must not depend on the order) too."""
+    import torch.nn.functional as F
+
+    from fcn_kernels.testing import index32_limit, racecheck, thread_order
+
+    torch.manual_seed(0)
+    cases = [
+        ((2, 3, 6, 5), (3, 1, 4, 4), 2, (1, 2), (9, 8)),
+        ((2, 2, 40, 30), (2, 1, 2, 2), 2, (1, 1), (70, 50)),
+    ]
+    with (
+        emulated_cuda(),
+        thread_order(order, seed=7),
+        racecheck(),
+        index32_limit(64 if index == "int64" else 0),
+    ):
+        for xs, ws, s, (oy, ox), (h, w) in cases:
+            groups = xs[1] // ws[1]
+            x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+            wt = torch.randn(ws, dtype=torch.float64, requires_grad=True)
+            out = fk.conv_transpose2d_crop(
+                x, wt, stride=s, groups=groups, offset=(oy, ox), size=(h, w)
+            )
+            ref = F.conv_transpose2d(x, wt, stride=s, groups=groups)[..., oy : oy + h, ox : ox + w]
+            g = torch.randn_like(ref)
+            got, want = (torch.autograd.grad(o, (x, wt), g) for o in (out, ref))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+        # Overlapping 3x3/2 windows with repeated maxima: the last input naming an output wins.
+        v = torch.randn(2, 3, 4, 4)
+        idx = torch.randint(0, 9 * 9, (2, 3, 4, 4))
+        got = fk.max_unpool2d(v, idx, 3, 2, output_size=(9, 9))
+    want = torch.zeros(2, 3, 81)
+    for p in range(6):
+        for j in range(16):  # row-major: later inputs overwrite earlier ones
+            want.view(6, 81)[p, idx.view(6, 16)[p, j]] = v.view(6, 16)[p, j]
+    assert torch.equal(got, want.view(2, 3, 9, 9))

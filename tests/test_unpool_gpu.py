@@ -21,6 +21,16 @@ def needs_gpu_code(device):
         pytest.skip("GPU code only (emulated or CUDA)")
 
 
+@pytest.fixture(params=["gated", "ondemand"])
+def variant(request, device, monkeypatch):
+    """The forward's implementation (FCN_KERNELS_UNPOOL, read per call by the GPU code):
+    gated general-path launches (default) or launched on demand after a flag read."""
+    if request.param != "gated" and not gpu_code(device):
+        pytest.skip("a GPU-code variant")
+    monkeypatch.setenv("FCN_KERNELS_UNPOOL", request.param)
+    return request.param
+
+
 def reference_valid(x, indices, out_hw):
     """reference() ignoring entries outside the plane (what a CUDA-graph-captured
     forward computes: it cannot raise)."""
@@ -39,7 +49,7 @@ def reference_valid(x, indices, out_hw):
     [torch.float16, torch.float32, torch.float64],
     ids=lambda d: str(d).replace("torch.", ""),
 )
-def test_int64_index_kernels(dtype, device):
+def test_int64_index_kernels(dtype, device, variant):
     # index32_limit(16) makes every kernel take its int64 variant; the winner buffer is
     # then in place in the output for 8-byte elements, a scratch buffer otherwise (and
     # the other way round for int32). Fast path, stray index, overlapping windows,
@@ -84,7 +94,7 @@ def test_int64_index_kernels(dtype, device):
     "k, s, p, hw",
     [(2, 2, 0, (6, 5)), (2, 3, 1, (7, 8)), ((3, 2), (4, 3), (1, 1), (9, 7)), (1, 2, 0, (3, 4))],
 )
-def test_fast_path_window_check(k, s, p, hw, device):
+def test_fast_path_window_check(k, s, p, hw, device, variant):
     # Geometries where the fast path applies (disjoint windows, some cut by padding or
     # the output's edge). For every input j and output o, one call with max-pool
     # indices except that input j (of channel 1) names o: exact whether or not o lies
@@ -105,7 +115,7 @@ def test_fast_path_window_check(k, s, p, hw, device):
                 )
 
 
-def test_general_path_paths(device):
+def test_general_path_paths(device, variant):
     # Overlapping windows (the general path from the start), with padding, and
     # indices outside their window: exact, last input wins, both layouts.
     for k, s, p in [(3, 2, 1), (3, 1, 1), (4, 2, 2), ((2, 3), (1, 2), (1, 1))]:
@@ -127,7 +137,7 @@ def test_general_path_paths(device):
                 )
 
 
-def test_capture_no_sync(device):
+def test_capture_no_sync(device, variant):
     # While a CUDA graph is being captured the GPU code does no host sync, so it cannot
     # raise: out-of-range indices are ignored by the forward and read as 0 by the
     # backward, never accessed out of bounds; valid entries are still exact.
@@ -165,7 +175,7 @@ def test_capture_no_sync(device):
                 fk.max_unpool2d(yy, jj, k, s, output_size=(8, 8))
 
 
-def test_many_planes(device):
+def test_many_planes(device, variant):
     # More planes than the GPU code's capped grids have blocks along z (a few waves
     # per SM): threads loop over planes, the backward stepping (n, c) without division.
     y, i = pooled((60, 210, 4, 6), 2, 2, 0, False, device=device)
@@ -234,3 +244,44 @@ def test_backward_strided_grad_output(layout, int64, device):
     yc = y.detach().cpu().requires_grad_()
     F.max_unpool2d(yc, i.cpu(), 3, 2, 1, output_size=(9, 7)).sum().backward()
     assert_same(yy.grad, yc.grad)
+
+
+def test_variants_agree_bit_for_bit_and_bad_value_raises(device, monkeypatch):
+    # Both forward variants, fast path and fallback, give the same bits, run after run.
+    needs_gpu_code(device)
+    y, i = pooled((3, 4, 10, 12), 2, 2, 0, True, device=device)
+    j = i.clone()
+    j[2, 3, 1, 1] = 0  # not in its window: the fast path's fallback
+    outs = []
+    for name in ("gated", "ondemand", "ondemand", "gated"):
+        monkeypatch.setenv("FCN_KERNELS_UNPOOL", name)
+        outs.append([fk.max_unpool2d(y, ind, 2, output_size=(10, 12)) for ind in (i, j)])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
+    assert_same(outs[1][1], reference(y, j, (10, 12)))
+    monkeypatch.setenv("FCN_KERNELS_UNPOOL", "fast")
+    with pytest.raises(ValueError, match="FCN_KERNELS_UNPOOL must be one of 'gated', 'ondemand'"):
+        fk.max_unpool2d(y, i, 2, output_size=(10, 12))
+
+
+@pytest.mark.emu
+def test_ondemand_variant_launches_the_general_path_only_when_needed(monkeypatch):
+    # Kernel launches of one forward (the emulator counts them): the fast path alone
+    # on demand, the fast path + 3 gated general-path kernels by default.
+    from fcn_kernels.testing import emulated_cuda
+
+    y, i = pooled((2, 3, 8, 8), 2, 2, 0, True)
+    j = i.clone()
+    j[1, 2, 1, 1] = 0  # not in its window
+
+    def launches(name, ind):
+        monkeypatch.setenv("FCN_KERNELS_UNPOOL", name)
+        before = torch.ops.fcn_kernels_emu._launch_count()
+        with emulated_cuda():
+            out = fk.max_unpool2d(y, ind, 2, output_size=(8, 8))
+        assert_same(out, reference(y, ind, (8, 8)))
+        return torch.ops.fcn_kernels_emu._launch_count() - before
+
+    assert launches("gated", i) == 4 and launches("gated", j) == 4
+    assert launches("ondemand", i) == 1 and launches("ondemand", j) == 4

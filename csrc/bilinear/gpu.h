@@ -18,6 +18,11 @@
 //           (float buffer; g read through its strides, so expanded or strided
 //           gradients, e.g. from y.sum(), are never copied);
 //   pass 2: gx[p, ih, iw, c] = sum_{ow in range(iw)} w(ow, iw) * rows[p, ih, ow, c].
+// FCN_KERNELS_BILINEAR_BACKWARD=direct (for the GPU run to decide; default "separable",
+// the above): tables, then one gather pass, thread (iw*V + c, ih, plane chunk) summing
+// its whole window of g with weights from both tables. No float row buffer: at x2 the
+// separable passes move g + 2 x (g / 2 as floats) + gx, the direct pass g + gx (the
+// minimum), for ~4 loads of each g element (L1) instead of ~2.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -30,6 +35,7 @@
 #include <optional>
 
 #include "bilinear/args.h"
+#include "gpu/env.h"
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
@@ -39,14 +45,12 @@ constexpr int kThreads = 256;
 
 // Grid (x: chunks of a row of `row` elements, y: rows, z: plane chunks) with enough
 // blocks to fill the device; every thread loops over planes z, z + grid.z, ...
-inline Dim plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
-  Dim g;
-  g.x = ceil_div_u32(row, kThreads);
-  g.y = static_cast<uint32_t>(std::min<int64_t>(rows, kMaxGridYZ));
+inline Extent plane_grid(int64_t row, int64_t rows, int64_t planes, int sm_count) {
+  Extent g;
+  g.x = ceil_div(row, kThreads);
+  g.y = std::min<int64_t>(rows, kMaxGridYZ);
   const int64_t want = int64_t(sm_count) * 8;
-  const int64_t per_plane = int64_t(g.x) * g.y;
-  g.z = static_cast<uint32_t>(
-      std::clamp<int64_t>((want + per_plane - 1) / per_plane, 1, std::min(planes, kMaxGridYZ)));
+  g.z = std::clamp<int64_t>(ceil_div(want, g.x * g.y), 1, std::min(planes, kMaxGridYZ));
   return g;
 }
 
@@ -194,6 +198,61 @@ struct BackwardCols {
   }
 };
 
+// The direct backward's thread (jj = iw*V + c, ih, plane chunk): gx[p, ih, iw, c] =
+// sum_oh w(oh, ih) * sum_ow w(ow, iw) * g[p, oh, ow, c]. The column weights, fixed per
+// thread, are kept in registers for windows of up to kDirectCols columns (scales up to
+// ~4 with align_corners=False); wider windows look them up per term.
+constexpr int kDirectCols = 6;
+#ifdef __CUDA_ARCH__
+#define FK_BILINEAR_UNROLL _Pragma("unroll")  // cw[] must stay in registers
+#else
+#define FK_BILINEAR_UNROLL
+#endif
+
+template <typename scalar_t, typename index_t>
+struct BackwardDirect {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;
+  scalar_t* gx;
+  AxisTable<acc_t> h, w;
+  int IH, IW, V, P, C;
+  index_t sn, sc, sh, sw;  // grad_output's element strides
+
+  FK_HD void operator()(const Thread& t) const {
+    RowPos at;
+    if (!row_position(t, IW, V, at)) return;
+    const int lo = w.lo[at.w], cols = w.hi[at.w] - lo;
+    acc_t cw[kDirectCols];
+    FK_BILINEAR_UNROLL
+    for (int k = 0; k < kDirectCols; ++k)
+      cw[k] = k < cols ? tap_weight(w.taps[lo + k], at.w) : acc_t(0);
+    for (int ih = t.block.y; ih < IH; ih += t.grid.y) {
+      const int hlo = h.lo[ih], hhi = h.hi[ih];
+      for (int p = t.block.z; p < P; p += t.grid.z) {
+        const int n = V == 1 ? p / C : p, c = V == 1 ? p - n * C : at.c;
+        const scalar_t* gp = g + n * sn + c * sc + lo * sw;
+        acc_t s = acc_t(0);
+        for (int oh = hlo; oh < hhi; ++oh) {
+          const scalar_t* gr = gp + oh * sh;
+          acc_t r = acc_t(0);
+          if (cols <= kDirectCols) {
+            FK_BILINEAR_UNROLL
+            for (int k = 0; k < kDirectCols; ++k) {
+              if (k < cols) r += cw[k] * static_cast<acc_t>(gr[k * sw]);
+            }
+          } else {
+            for (int k = 0; k < cols; ++k) {
+              r += tap_weight(w.taps[lo + k], at.w) * static_cast<acc_t>(gr[k * sw]);
+            }
+          }
+          s += tap_weight(h.taps[oh], ih) * r;
+        }
+        gx[(index_t(p) * IH + ih) * (IW * V) + at.j] = static_cast<scalar_t>(s);
+      }
+    }
+  }
+};
+
 template <typename L>
 at::Tensor forward(const at::Tensor& self, at::IntArrayRef output_size, bool align_corners,
                    std::optional<double> scale_h, std::optional<double> scale_w) {
@@ -208,14 +267,14 @@ at::Tensor forward(const at::Tensor& self, at::IntArrayRef output_size, bool ali
   const int IH = x.size(2), IW = x.size(3), OH = output_size[0], OW = output_size[1];
   TORCH_CHECK_VALUE(int64_t(OW) * V < (int64_t(1) << 31) && P < (int64_t(1) << 31),
                     "bilinear_upsample: an output row or the plane count exceeds 2^31");
-  const Dim grid = plane_grid(int64_t(OW) * V, OH, P, L::sm_count());
+  const Extent grid = plane_grid(int64_t(OW) * V, OH, P, L::sm_count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bilinear_gpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t rh = linear_ratio<acc_t>(IH, OH, align_corners, scale_h.value_or(-1.0));
     const acc_t rw = linear_ratio<acc_t>(IW, OW, align_corners, scale_w.value_or(-1.0));
     with_index_type(fits_int32({x.numel(), y.numel()}), [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      L::launch("bilinear_upsample", grid, Dim{kThreads}, 0,
+      L::launch("bilinear_upsample", grid, Extent{kThreads}, 0,
                 Forward<scalar_t, index_t>{
                     x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), IH, IW, OH, OW,
                     static_cast<int>(V), static_cast<int>(P), rh, rw, align_corners});
@@ -228,6 +287,7 @@ template <typename L>
 at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, bool align_corners,
                     std::optional<double> scale_h, std::optional<double> scale_w) {
   check_bilinear_backward(grad_output, input_size);
+  const bool direct = env_choice("FCN_KERNELS_BILINEAR_BACKWARD", {"separable", "direct"}) == 1;
   typename L::Guard guard(grad_output.device());
   const auto fmt = layout_of(grad_output);
   const at::Tensor& g = grad_output;  // read through its strides, never copied
@@ -257,21 +317,30 @@ at::Tensor backward(const at::Tensor& grad_output, at::IntArrayRef input_size, b
         auto* taps = reinterpret_cast<LinearTap<acc_t, int>*>(base + tap_offset);
         const AxisTable<acc_t> th{base, base + IH, taps};
         const AxisTable<acc_t> tw{base + 2 * IH, base + 2 * IH + IW, taps + OH};
-        L::launch("bilinear_backward_tables", Dim{ceil_div_u32(IH + IW + OH + OW, kThreads)},
-                  Dim{kThreads}, 0, Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
-        at::Tensor rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
-        const Dim grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
-        const Dim grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
+        L::launch("bilinear_backward_tables", Extent{ceil_div(IH + IW + OH + OW, kThreads)},
+                  Extent{kThreads}, 0,
+                  Tables<acc_t>{th, tw, IH, IW, OH, OW, rh, rw, align_corners});
+        at::Tensor rows;
+        if (!direct) rows = at::empty({P * IH * OW * V}, g.options().dtype(acc_dtype));
+        const Extent grid1 = plane_grid(int64_t(OW) * V, IH, P, L::sm_count());
+        const Extent grid2 = plane_grid(int64_t(IW) * V, IH, P, L::sm_count());
         // g's furthest element offset bounds its index type (strides may be anything).
-        const bool small = fits_int32({element_span(g), rows.numel(), gx.numel()});
+        const bool small = fits_int32({element_span(g), direct ? 0 : rows.numel(), gx.numel()});
         with_index_type(small, [&](auto index_zero) {
           using index_t = decltype(index_zero);
-          L::launch("bilinear_backward_rows", grid1, Dim{kThreads}, 0,
+          const index_t sn(g.stride(0)), sc(g.stride(1)), sh(g.stride(2)), sw(g.stride(3));
+          if (direct) {
+            L::launch("bilinear_backward_direct", grid2, Extent{kThreads}, 0,
+                      BackwardDirect<scalar_t, index_t>{
+                          g.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), th, tw, IH,
+                          IW, static_cast<int>(V), static_cast<int>(P), C, sn, sc, sh, sw});
+            return;
+          }
+          L::launch("bilinear_backward_rows", grid1, Extent{kThreads}, 0,
                     BackwardRows<scalar_t, index_t>{
                         g.const_data_ptr<scalar_t>(), rows.mutable_data_ptr<acc_t>(), th, IH, OH,
-                        OW, static_cast<int>(V), static_cast<int>(P), C, index_t(g.stride(0)),
-                        index_t(g.stride(1)), index_t(g.stride(2)), index_t(g.stride(3))});
-          L::launch("bilinear_backward_cols", grid2, Dim{kThreads}, 0,
+                        OW, static_cast<int>(V), static_cast<int>(P), C, sn, sc, sh, sw});
+          L::launch("bilinear_backward_cols", grid2, Extent{kThreads}, 0,
                     BackwardCols<scalar_t, index_t>{
                         tw, IH, IW, OW, static_cast<int>(V), static_cast<int>(P),
                         rows.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>()});
@@ -287,6 +356,8 @@ void register_ops(torch::Library& m) {
   m.impl("bilinear_upsample", &forward<L>);
   m.impl("bilinear_upsample_backward", &backward<L>);
 }
+
+#undef FK_BILINEAR_UNROLL
 
 }  // namespace bilinear_gpu
 }  // namespace fcn_kernels

@@ -268,7 +268,7 @@ struct WeightGradKernel {
   index_t gs[4], xs[4];  // element strides of grad_output and x
 
   FK_HD void operator()(const Thread& t) const {
-    acc_t* sm = reinterpret_cast<acc_t*>(t.smem);
+    auto sm = t.shared<acc_t>();
     const int tid = int(t.thread.y) * kWgradX + int(t.thread.x);
     if (t.phase > 0) {
       const int half = kWgradThreads >> t.phase;

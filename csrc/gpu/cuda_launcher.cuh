@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
@@ -33,20 +35,29 @@ struct CudaLauncher {
   using Guard = c10::cuda::CUDAGuard;
 
   template <typename K>
-  static void launch(const char* name, Dim grid, Dim block, size_t smem, const K& kernel) {
-    check_launch(grid, block, smem, name);
+  static void launch(const char* name, const Extent& grid_size, const Extent& block_size,
+                     size_t smem, const K& kernel) {
+    const auto dims = check_launch(grid_size, block_size, smem, name);
+    const Dim grid = dims.first, block = dims.second;
     fk_kernel<K><<<dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), smem,
                    c10::cuda::getCurrentCUDAStream()>>>(kernel);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  // Multiprocessors of the current device (grid sizing for persistent loops).
+  // Multiprocessors of the current device (grid sizing for persistent loops), queried
+  // once per device index: a device attribute query per launch costs host time.
   static int sm_count() {
+    static std::atomic<int> cached[kCachedDevices] = {};
     int device = 0, count = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
+    const bool cacheable = device >= 0 && device < kCachedDevices;
+    if (cacheable && (count = cached[device].load(std::memory_order_relaxed)) > 0) return count;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    // Racing first calls store the same value.
+    if (cacheable) cached[device].store(count, std::memory_order_relaxed);
     return count;
   }
+  static constexpr int kCachedDevices = 64;
 
   // Identifies the current stream (results computed on it may be reused there).
   static int64_t stream_key() { return c10::cuda::getCurrentCUDAStream().id(); }

@@ -1,22 +1,61 @@
 // EmuLauncher: runs a kernel functor (gpu/launch.h) on the CPU, every (block, thread)
 // of the same launch configuration, so the CUDA code paths are tested without a GPU.
 // Blocks run in parallel (at::parallel_for); the threads of a block run one after the
-// other, phase by phase. Included only by csrc/<op>/emu.cpp.
+// other, phase by phase: in thread-index order, or (fcn_kernels.testing.thread_order)
+// reversed or shuffled, so that results depending on the order show up. With the
+// racecheck on (fcn_kernels.testing.racecheck) every shared-memory access through
+// t.shared<T>() is recorded per byte and phase, and a conflicting access by another
+// thread of the same phase raises. Included only by csrc/<op>/emu.cpp.
 //
-// It cannot see what only hardware shows: data races between threads, stream and
+// It cannot see what only hardware shows: races through global memory, stream and
 // graph-capture ordering, register/occupancy limits, timing.
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <memory>
+#include <vector>
 
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
 
 bool& emu_capturing();  // test hook (gpu/state.cpp): pretend a CUDA graph is capturing
+
+enum class ThreadOrder { kForward = 0, kReverse = 1, kShuffle = 2 };
+
+// Test settings of the emulator (gpu/state.cpp), read once per launch.
+struct EmuOptions {
+  bool racecheck = false;
+  ThreadOrder order = ThreadOrder::kForward;
+  int64_t seed = 0;
+};
+EmuOptions& emu_options();
+
+// Launches run by the emulator so far (tests count a host side's launches with it).
+std::atomic<int64_t>& emu_launch_count();
+
+// Per byte of a block's shared memory, in the current phase: the thread that wrote it
+// and up to two distinct threads that read it (-1: none), as linear thread indices.
+struct SmemCheck {
+  const char* kernel;
+  Dim block;
+  size_t bytes;
+  std::vector<int32_t> writer, reader1, reader2;
+
+  SmemCheck(const char* name, size_t n)
+      : kernel(name), bytes(n), writer(n), reader1(n), reader2(n) {}
+  void new_phase() {
+    std::fill(writer.begin(), writer.end(), -1);
+    std::fill(reader1.begin(), reader1.end(), -1);
+    std::fill(reader2.begin(), reader2.end(), -1);
+  }
+};
+
+// The order in which the threads of block b run phase `phase` (linear thread indices).
+void emu_thread_order(const EmuOptions& opt, int64_t b, int phase, std::vector<int32_t>& order);
 
 struct EmuLauncher {
   static constexpr bool kEmulated = true;
@@ -25,29 +64,38 @@ struct EmuLauncher {
   };
 
   template <typename K>
-  static void launch(const char* name, Dim grid, Dim block, size_t smem, const K& kernel) {
-    check_launch(grid, block, smem, name);
+  static void launch(const char* name, const Extent& grid_size, const Extent& block_size,
+                     size_t smem, const K& kernel) {
+    const auto dims = check_launch(grid_size, block_size, smem, name);
+    const Dim grid = dims.first, block = dims.second;
+    const EmuOptions opt = emu_options();
+    emu_launch_count().fetch_add(1, std::memory_order_relaxed);
     const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
-    const int64_t threads = int64_t(block.x) * block.y * block.z;
+    const int32_t threads = static_cast<int32_t>(int64_t(block.x) * block.y * block.z);
     const int64_t grain = std::max<int64_t>(1, 16384 / threads);
     at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
       std::unique_ptr<char[]> shared(new char[smem > 0 ? smem : 1]);
+      std::unique_ptr<SmemCheck> check;
+      if (opt.racecheck && smem > 0) check = std::make_unique<SmemCheck>(name, smem);
+      std::vector<int32_t> order(threads);
       Thread t;
       t.grid = grid;
       t.block_dim = block;
       t.smem = shared.get();
+      t.check = check.get();
       for (int64_t b = b0; b < b1; ++b) {
         t.block = {static_cast<uint32_t>(b % grid.x), static_cast<uint32_t>((b / grid.x) % grid.y),
                    static_cast<uint32_t>(b / (int64_t(grid.x) * grid.y))};
+        if (check) check->block = t.block;
         for (int phase = 0; phase < PhasesOf<K>::value; ++phase) {
           t.phase = phase;
-          for (uint32_t z = 0; z < block.z; ++z) {
-            for (uint32_t y = 0; y < block.y; ++y) {
-              for (uint32_t x = 0; x < block.x; ++x) {
-                t.thread = {x, y, z};
-                kernel(t);
-              }
-            }
+          if (check) check->new_phase();
+          emu_thread_order(opt, b, phase, order);
+          for (const int32_t k : order) {
+            t.thread = {static_cast<uint32_t>(k % block.x),
+                        static_cast<uint32_t>((k / block.x) % block.y),
+                        static_cast<uint32_t>(k / (block.x * block.y))};
+            kernel(t);
           }
         }
       }

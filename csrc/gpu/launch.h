@@ -12,8 +12,10 @@
 // A kernel that needs __syncthreads declares `static constexpr int kPhases = n`; its
 // body then runs n times per thread with t.phase = 0 .. n-1 and a block-wide barrier
 // between phases (the emulator runs each phase for all of a block's threads before the
-// next), sharing data only through t.smem (dynamic shared memory, zero-filled by
-// neither launcher).
+// next), sharing data only through t.shared<T>() (dynamic shared memory, zero-filled
+// by neither launcher). Under the emulator's racecheck (fcn_kernels.testing.racecheck())
+// every access through it is recorded, and a byte one thread wrote that another thread
+// reads or writes in the same phase (or one read that another writes) raises.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 #include "common/tensor.h"
 
@@ -32,14 +35,71 @@ struct Dim {
   uint32_t x = 1, y = 1, z = 1;
 };
 
+struct SmemCheck;  // the emulator's racecheck state (gpu/emu_launcher.h)
+template <typename T>
+struct SharedArray;
+
 struct Thread {
-  Dim block;      // blockIdx
-  Dim thread;     // threadIdx
-  Dim grid;       // gridDim
-  Dim block_dim;  // blockDim
-  int phase;      // 0 .. K::kPhases-1
-  char* smem;     // the block's dynamic shared memory
+  Dim block;                   // blockIdx
+  Dim thread;                  // threadIdx
+  Dim grid;                    // gridDim
+  Dim block_dim;               // blockDim
+  int phase;                   // 0 .. K::kPhases-1
+  char* smem;                  // the block's dynamic shared memory (raw: not checked)
+  SmemCheck* check = nullptr;  // emulated racecheck on: accesses are recorded
+
+  // The block's dynamic shared memory as an array of T (the checked view).
+  template <typename T>
+  FK_HD SharedArray<T> shared() const;
 };
+
+// Records an access of `bytes` bytes at p by thread t for the racecheck, raising on a
+// conflict (gpu/state.cpp; host only).
+void smem_access(const Thread& t, const void* p, size_t bytes, bool write);
+
+// An element of shared memory. On the GPU a plain load or store once inlined (the
+// check branch is compiled out); in emulation it tells the racecheck first.
+template <typename T>
+struct SharedRef {
+  T* p;
+  const Thread* t;
+
+  FK_HD SharedRef(T* p_, const Thread* t_) : p(p_), t(t_) {}
+  SharedRef(const SharedRef&) = default;
+
+  FK_HD operator T() const {
+    note(false);
+    return *p;
+  }
+  FK_HD SharedRef& operator=(T v) {
+    note(true);
+    *p = v;
+    return *this;
+  }
+  FK_HD SharedRef& operator=(const SharedRef& other) { return *this = T(other); }
+  FK_HD SharedRef& operator+=(T v) { return *this = T(*this) + v; }  // a read, then a write
+
+  FK_HD void note(bool write) const {
+#ifndef __CUDA_ARCH__
+    if (t->check != nullptr) smem_access(*t, p, sizeof(T), write);
+#endif
+  }
+};
+
+template <typename T>
+struct SharedArray {
+  T* p;
+  const Thread* t;
+  template <typename I>
+  FK_HD SharedRef<T> operator[](I i) const {
+    return {p + i, t};
+  }
+};
+
+template <typename T>
+FK_HD SharedArray<T> Thread::shared() const {
+  return {reinterpret_cast<T*>(smem), this};
+}
 
 template <typename K, typename = void>
 struct PhasesOf : std::integral_constant<int, 1> {};
@@ -53,15 +113,33 @@ constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;  // without cudaFuncSetAttribute
 
-inline void check_launch(const Dim& grid, const Dim& block, size_t smem, const char* name) {
-  const int64_t threads = int64_t(block.x) * block.y * block.z;
+// Host-side launch extents, in 64 bits: grid sizes are computed and checked against
+// CUDA's limits here before they are narrowed to the 32-bit dims a launch takes, so an
+// oversized launch raises instead of running a truncated grid.
+struct Extent {
+  int64_t x = 1, y = 1, z = 1;
+  constexpr Extent() = default;
+  constexpr Extent(int64_t x_, int64_t y_ = 1, int64_t z_ = 1) : x(x_), y(y_), z(z_) {}
+  constexpr Extent(const Dim& d) : x(d.x), y(d.y), z(d.z) {}
+};
+
+// Validates a launch (a TORCH_CHECK error naming the kernel otherwise) and returns its
+// grid and block as launch dims.
+inline std::pair<Dim, Dim> check_launch(const Extent& grid, const Extent& block, size_t smem,
+                                        const char* name) {
   TORCH_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= kMaxGridX &&
                   grid.y <= kMaxGridYZ && grid.z <= kMaxGridYZ,
               name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
-  TORCH_CHECK(threads >= 1 && threads <= kMaxThreadsPerBlock && block.z <= 64, name,
-              ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  TORCH_CHECK(block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= kMaxThreadsPerBlock &&
+                  block.y <= kMaxThreadsPerBlock && block.z <= 64 &&
+                  block.x * block.y * block.z <= kMaxThreadsPerBlock,
+              name, ": invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
   TORCH_CHECK(smem <= static_cast<size_t>(kMaxSharedBytes), name, ": ", smem,
               " bytes of shared memory exceed the default limit");
+  auto dim = [](const Extent& e) {
+    return Dim{static_cast<uint32_t>(e.x), static_cast<uint32_t>(e.y), static_cast<uint32_t>(e.z)};
+  };
+  return {dim(grid), dim(block)};
 }
 
 // ---------------------------------------------------------------------------
@@ -99,8 +177,16 @@ void with_index_type(bool small, F&& f) {
   }
 }
 
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// For call sites that build a Dim: a quotient that does not fit raises here (it would
+// otherwise wrap into a small, valid-looking grid). New code passes Extent{ceil_div()}.
 inline uint32_t ceil_div_u32(int64_t a, int64_t b) {
-  return static_cast<uint32_t>((a + b - 1) / b);
+  const int64_t q = ceil_div(a, b);
+  TORCH_CHECK(q >= 0 && q <= int64_t(UINT32_MAX), "launch dimension ", q, " exceeds 2^32 - 1");
+  return static_cast<uint32_t>(q);
 }
 
 // ---------------------------------------------------------------------------

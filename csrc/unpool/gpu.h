@@ -27,6 +27,11 @@
 //   these kernels run gated on the device flag: they exit at once unless it was
 //   raised, so the fallback costs no host sync (and works under CUDA-graph capture).
 //   They use a grid of a few blocks per SM (grid-stride loops), so an exit is cheap.
+// FCN_KERNELS_UNPOOL=ondemand (for the GPU run to decide; default "gated", the above):
+// after the fast path the host reads both flags at once (the copy that is the eager
+// forward's one sync anyway) and launches the general path, ungated, only when the fast
+// path raised its flag: 2 launches (flags fill, fast) + 1 D2H copy instead of 5 + 1, a
+// second sync only in the rare fallback. While a CUDA graph is captured it is "gated".
 // Backward: a gather, grad_output read through its strides (no copy of an expanded
 // gradient). Host syncs: one per forward and per checked backward (eager mode), reading the flag
 // of out-of-range indices to raise an IndexError (raise_bad_index). While a CUDA graph
@@ -43,6 +48,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "gpu/env.h"
 #include "gpu/launch.h"
 #include "unpool/args.h"
 
@@ -55,7 +61,7 @@ constexpr int64_t kUnpoolThreads = 256;
 // `planes` planes; at most `max_blocks` blocks when max_blocks > 0 (then rows and
 // planes loop inside the kernel).
 struct RowsLaunch {
-  Dim grid, block;
+  Extent grid, block;
 };
 inline RowsLaunch rows_launch(int64_t row_len, int64_t rows, int64_t planes,
                               int64_t max_blocks = 0) {
@@ -69,8 +75,8 @@ inline RowsLaunch rows_launch(int64_t row_len, int64_t rows, int64_t planes,
     gz = std::clamp<int64_t>(max_blocks / (gx * gy), 1, gz);
   }
   RowsLaunch l;
-  l.grid = {static_cast<uint32_t>(gx), static_cast<uint32_t>(gy), static_cast<uint32_t>(gz)};
-  l.block = {static_cast<uint32_t>(bx), static_cast<uint32_t>(by), 1};
+  l.grid = {gx, gy, gz};
+  l.block = {bx, by, 1};
   return l;
 }
 
@@ -279,10 +285,12 @@ inline bool fast_path_applies(const UnpoolProblem& u, at::IntArrayRef k, at::Int
 }
 
 // flags[0]: the fast path's "index not in its window" (gates the general path),
-// flags[1]: an index out of range.
+// flags[1]: an index out of range. on_demand: the host reads the flags after the fast
+// path and skips the general path when it is not needed; returns true when it did so
+// (the flags are then known to be clear: no index out of range).
 template <typename L, typename T, typename I>
-void unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s,
-                    at::IntArrayRef pad, const at::Tensor& flags) {
+bool unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s,
+                    at::IntArrayRef pad, const at::Tensor& flags, bool on_demand) {
   const T* x = static_cast<const T*>(u.src.const_data_ptr());
   const int64_t* ind = u.indices.const_data_ptr<int64_t>();
   T* y = static_cast<T*>(u.out.mutable_data_ptr());
@@ -296,8 +304,16 @@ void unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s
     L::launch("max_unpool2d_fast", l.grid, l.block, 0,
               FastForward<T, I>{x, ind, y, not_local, P, V, IH, IW, OH, OW, I(k[0]), I(k[1]),
                                 I(s[0]), I(s[1]), I(pad[0]), I(pad[1])});
-    gate = not_local;
-    max_blocks = int64_t(L::sm_count()) * 8;  // one wave: an exit costs little
+    if (on_demand) {
+      // One D2H copy of both flags: the fast path raises only flags[0] (an index out of
+      // range is not in its window either), so clear means done.
+      const at::Tensor host = flags.cpu();
+      const int* f = host.const_data_ptr<int>();
+      if (f[0] == 0 && f[1] == 0) return true;
+    } else {
+      gate = not_local;
+      max_blocks = int64_t(L::sm_count()) * 8;  // one wave: an exit costs little
+    }
   }
   // Winners in place in the output when elements have the index's size (the gather
   // overwrites each with its value), else in a scratch buffer.
@@ -316,12 +332,14 @@ void unpool_forward(const UnpoolProblem& u, at::IntArrayRef k, at::IntArrayRef s
             Winners<I>{ind, winner, gate, bad, P, V, IH, IW, OH * OW});
   L::launch("max_unpool2d_gather", lo.grid, lo.block, 0,
             GatherWinners<T, I>{x, y, winner, gate, P, V, IH, IW, OH, OW});
+  return false;
 }
 
 template <typename L>
 at::Tensor max_unpool2d_gpu(const at::Tensor& self, const at::Tensor& indices,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef output_size) {
+  const bool on_demand = env_choice("FCN_KERNELS_UNPOOL", {"gated", "ondemand"}) == 1;
   typename L::Guard guard(self.device());
   UnpoolProblem u =
       unpool_forward_problem(self, indices, kernel_size, stride, padding, output_size);
@@ -330,14 +348,17 @@ at::Tensor max_unpool2d_gpu(const at::Tensor& self, const at::Tensor& indices,
   // The window arithmetic reaches oh + padding and window starts + kernel sizes.
   const bool small = fits_int32({u.src.numel(), u.out.numel(), u.OH + kernel_size[0] + stride[0],
                                  u.OW + kernel_size[1] + stride[1]});
+  const bool capturing = L::capturing();
+  bool clear = false;
   dispatch_by_element_size(u.out, [&](auto zero) {
     using T = decltype(zero);
     with_index_type(small, [&](auto index_zero) {
-      unpool_forward<L, T, decltype(index_zero)>(u, kernel_size, stride, padding, flags);
+      clear = unpool_forward<L, T, decltype(index_zero)>(u, kernel_size, stride, padding, flags,
+                                                         on_demand && !capturing);
     });
   });
   // The only host sync, and none during graph capture (see the top of this file).
-  if (!L::capturing() && flags[1].item<int>() != 0) raise_bad_index(indices, u.OH, u.OW);
+  if (!capturing && !clear && flags[1].item<int>() != 0) raise_bad_index(indices, u.OH, u.OW);
   return u.out;
 }
 
