@@ -15,14 +15,20 @@ fails) and three ATen patterns are replaced:
 
 Everything else is left exactly as captured. The returned module holds the original's
 parameters and buffers (the same objects: training it trains the original) and has its
-state_dict keys. torch.export bakes train/eval behaviour (dropout, batch norm) into the
-graph, so the module keeps one captured graph per mode, capturing the other mode on the
-first call after ``.train()`` / ``.eval()`` switches to it.
+state_dict keys; ``.train()`` / ``.eval()`` set the original's mode too. torch.export
+bakes train/eval behaviour (dropout, batch norm) and dtypes into the graph, so the module
+keeps one captured graph per mode, capturing the other mode on the first call after
+``.train()`` / ``.eval()`` switches to it, and recaptures after a dtype or device change
+(``.double()``, ``.to("cuda")``). The graph holds the operations the example ran, not the
+model's Python: input checks the model makes in Python (e.g. "size divisible by 32") are
+not in it.
 """
 
+import inspect
 import logging
 import math
 import operator
+import warnings
 
 import torch
 from torch import nn
@@ -78,6 +84,10 @@ class FusedModule(nn.Module):
                     name, b, persistent=name not in model._non_persistent_buffers_set
                 )
         object.__setattr__(self, "_original", model)  # not a child: no duplicate keys
+        try:  # forward's signature, so that dynamic_shapes given as for the model apply
+            self._signature = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            self._signature = None
         self._capture_args = (example_inputs, dynamic_shapes, strict, capture)
         self._graphs = {}  # mode (True/False; None for torch.fx: mode-independent) -> graph
         self.capture = None  # "export" or "fx"
@@ -121,28 +131,63 @@ class FusedModule(nn.Module):
                 if isinstance(owner, nn.Module) and leaf in getattr(owner, kind):
                     getattr(owner, kind)[leaf] = t
 
+    def train(self, mode=True):
+        """Sets the mode of this module, the original and every submodule they share
+        (as nn.Module.train does for its children)."""
+        super().train(mode)
+        self._original.train(mode)
+        return self
+
     def _apply(self, fn, *args, **kwargs):
+        before = _placement(self._original)
         super()._apply(fn, *args, **kwargs)
         for name, p in self._parameters.items():
             self._original._parameters[name] = p
         for name, b in self._buffers.items():
             self._original._buffers[name] = b
+        examples, *rest = self._capture_args
+        self._capture_args = (
+            tuple(fn(t) if isinstance(t, torch.Tensor) else t for t in examples),
+            *rest,
+        )
+        if self.capture == "export" and _placement(self._original) != before:
+            # An export graph records dtypes and devices (asserts, factory calls):
+            # capture again, from the converted example, on the next call.
+            self._graphs.clear()
         for gm in self._graphs.values():
             self._bind(gm)
         return self
 
-    def forward(self, *args, **kwargs):
-        return self._graph()(*args, **kwargs)
+    @property
+    def forward(self):
+        """Calls the captured graph; has the original forward's signature (a property,
+        so that ``inspect.signature(fused.forward)``, as torch.export and
+        torch.onnx.export read it, gives it)."""
+
+        def forward(*args, **kwargs):
+            return self._graph()(*args, **kwargs)
+
+        if self._signature is not None:
+            forward.__signature__ = self._signature
+        return forward
 
     def extra_repr(self):
         return f"capture={self.capture!r}, rewrites={len(self.rewrites)}"
+
+
+def _placement(model):
+    """The dtypes and devices of a model's parameters and buffers."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return [(t.dtype, t.device) for t in tensors]
 
 
 # --- capture --------------------------------------------------------------------------
 
 
 def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
-    was = model.training
+    # Each module's own flag is restored afterwards (model.train(was) would overwrite
+    # submodules whose mode differs from the top module's).
+    modes = [(m, m.training) for m in model.modules()]
     model.train(mode)
     try:
         if capture == "fx":
@@ -162,17 +207,70 @@ def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
                     f"fcn_kernels.fuse: torch.export failed ({export_error}) and so did "
                     f"torch.fx.symbolic_trace ({fx_error})"
                 ) from fx_error
-            if dynamic_shapes is not None:
-                log.info(
-                    "fcn_kernels.fuse: torch.export failed (%s); the torch.fx graph "
-                    "runs any input size",
-                    export_error,
-                )
+            log.warning(
+                "fcn_kernels.fuse: torch.export failed (%s: %s); captured with "
+                "torch.fx.symbolic_trace instead (torch-level patterns only; the graph "
+                "runs any input size)",
+                type(export_error).__name__,
+                str(export_error).strip().split("\n")[0],
+            )
             return gm, "fx", _rewrite_fx(gm)
         gm = ep.module()
+        _check_dynamic(gm, example_inputs, dynamic_shapes)
         return gm, "export", _rewrite_aten(gm)
     finally:
-        model.train(was)
+        for m, was in modes:
+            m.training = was
+
+
+def _check_dynamic(gm, example_inputs, dynamic_shapes):
+    """Warns when the captured graph refuses sizes of a dim the user asked to be dynamic:
+    export made it static, or its guards (ranges, equations between sizes) exclude half,
+    1.5 or 2 times the example's size (within the Dim's min/max). Probed with the graph's
+    guard function on meta tensors (no computation)."""
+    guards = getattr(gm, "_guards_fn", None)
+    if guards is None or not isinstance(dynamic_shapes, (tuple, list)):
+        return
+    if len(dynamic_shapes) != len(example_inputs):
+        return  # a nested form: not checked
+    meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs]
+    problems = []
+    for i, spec in enumerate(dynamic_shapes):
+        if isinstance(spec, (tuple, list)):
+            spec = dict(enumerate(spec))
+        if not isinstance(spec, dict) or not isinstance(meta[i], torch.Tensor):
+            continue
+        for dim, want in spec.items():
+            if (
+                want is None
+                or not isinstance(dim, int)
+                or not -meta[i].dim() <= dim < meta[i].dim()
+            ):
+                continue
+            n = meta[i].shape[dim]
+            lo, hi = getattr(want, "min", None) or 2, getattr(want, "max", None) or math.inf
+            refused = []
+            for m in sorted({n // 2, n + n // 2, 2 * n} - {n}):
+                if not lo <= m <= hi:
+                    continue
+                shape = list(meta[i].shape)
+                shape[dim] = m
+                probe = list(meta)
+                probe[i] = torch.empty(shape, dtype=meta[i].dtype, device="meta")
+                try:
+                    guards(*probe)
+                except Exception as e:  # noqa: BLE001 (a failed guard: AssertionError, ...)
+                    refused.append(f"{m} ({str(e).strip().splitlines()[0][:120]})")
+            if refused:
+                problems.append(f"input {i} dim {dim} (example {n}) refuses " + ", ".join(refused))
+    if problems:
+        warnings.warn(
+            "fcn_kernels.fuse: torch.export captured the model for fewer input sizes than "
+            "dynamic_shapes asks: "
+            + "; ".join(problems)
+            + ". Run sizes the graph accepts, or fuse with an example of the size you run.",
+            stacklevel=6,
+        )
 
 
 def _args(node):

@@ -178,7 +178,7 @@ def test_train_eval_switch():
 def test_dynamic_shapes(arch):
     model = ClassicFCN(arch).eval()
     dyn = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
-    fused = fk.fuse(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=dyn)
+    fused = fk.fuse(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dyn)
     assert fused.rewrites
     for shape in [(2, 3, 45, 29), (3, 3, 64, 71)]:
         x = torch.randn(shape)
