@@ -17,8 +17,8 @@ Everything else is left exactly as captured. The returned module holds the origi
 parameters and buffers (the same objects: training it trains the original) and has its
 state_dict keys; ``.train()`` / ``.eval()`` set the original's mode too. torch.export
 bakes train/eval behaviour (dropout, batch norm) and dtypes into the graph, so the module
-keeps one captured graph per mode, capturing the other mode on the first call after
-``.train()`` / ``.eval()`` switches to it, and recaptures after a dtype or device change
+keeps one captured graph per mode (per combination of its modules' flags), capturing on
+the first call in a mode not seen before, and recaptures after a dtype or device change
 (``.double()``, ``.to("cuda")``). The graph holds the operations the example ran, not the
 model's Python: input checks the model makes in Python (e.g. "size divisible by 32") are
 not in it.
@@ -95,14 +95,19 @@ class FusedModule(nn.Module):
         self.training = model.training
         self._graph()
 
+    def _key(self):
+        """Which graph runs: export bakes each module's train/eval behaviour in, so one
+        graph per combination of the modules' flags (a frozen batch norm in a training
+        model is its own combination); torch.fx's graph calls the modules (one graph)."""
+        if self.capture == "fx":
+            return None
+        return tuple(m.training for m in self._original.modules())
+
     def _graph(self):
-        key = None if self.capture == "fx" else self.training
-        if key not in self._graphs:
-            gm, self.capture, rewrites = _capture(
-                self._original, self.training, *self._capture_args
-            )
+        if self._key() not in self._graphs:
+            gm, self.capture, rewrites = _capture(self._original, *self._capture_args)
             self._bind(gm)
-            self._graphs[None if self.capture == "fx" else self.training] = gm
+            self._graphs[self._key()] = gm
             if not self.rewrites:
                 self.rewrites = rewrites
                 log.info(
@@ -111,7 +116,7 @@ class FusedModule(nn.Module):
                     len(rewrites),
                     "; ".join(rewrites) or "none",
                 )
-        return self._graphs[None if self.capture == "fx" else self.training]
+        return self._graphs[self._key()]
 
     def _bind(self, gm):
         """Points the graph module's parameters and buffers at the original's objects
@@ -184,11 +189,9 @@ def _placement(model):
 # --- capture --------------------------------------------------------------------------
 
 
-def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
-    # Each module's own flag is restored afterwards (model.train(was) would overwrite
-    # submodules whose mode differs from the top module's).
+def _capture(model, example_inputs, dynamic_shapes, strict, capture):
+    """Captures the model in its modules' current modes (and leaves them as they were)."""
     modes = [(m, m.training) for m in model.modules()]
-    model.train(mode)
     try:
         if capture == "fx":
             gm = torch.fx.symbolic_trace(model)
