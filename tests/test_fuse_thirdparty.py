@@ -74,7 +74,7 @@ def test_onnxruntime_dynamic_sizes():
     import fcn_kernels.onnx as fk_onnx
 
     model = _model("torchvision DeepLabV3 (ResNet-18)").eval()
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 128, 128)
     d = {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     fast = fk.fuse(model, (x,), dynamic_shapes=(d,))
     program = fk_onnx.export(fast, (x,), dynamic_shapes=(d,))  # as for the unfused model

@@ -132,7 +132,7 @@ def test_fused_model_dynamic_onnxruntime():
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             torch.nn.init.normal_(m.weight, 0, 0.1)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 64, 64)
     d = {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     fused = fk.fuse(model, (x,), dynamic_shapes=(d,))
     program = fk_onnx.export(fused, (x,), dynamic_shapes=(d,))
@@ -140,7 +140,7 @@ def test_fused_model_dynamic_onnxruntime():
     sess = ort.InferenceSession(
         program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    for hw in [(32, 32), (45, 29), (61, 70)]:
+    for hw in [(64, 64), (45, 29), (61, 70)]:
         x = torch.randn(1, 3, *hw)
         with torch.no_grad():
             want = model(x)
