@@ -15,17 +15,24 @@ fails) and three ATen patterns are replaced:
 
 Everything else is left exactly as captured. The returned module holds the original's
 parameters and buffers (the same objects: training it trains the original) and has its
-state_dict keys. torch.export bakes train/eval behaviour (dropout, batch norm) into the
-graph, so the module keeps one captured graph per mode, capturing the other mode on the
-first call after ``.train()`` / ``.eval()`` switches to it.
+state_dict keys; ``.train()`` / ``.eval()`` set the original's mode too. torch.export
+bakes train/eval behaviour (dropout, batch norm) and dtypes into the graph, so the module
+keeps one captured graph per mode (per combination of its modules' flags), capturing on
+the first call in a mode not seen before, and recaptures after a dtype or device change
+(``.double()``, ``.to("cuda")``). The graph holds the operations the example ran, not the
+model's Python: input checks the model makes in Python (e.g. "size divisible by 32") are
+not in it.
 """
 
+import inspect
 import logging
 import math
 import operator
+import warnings
 
 import torch
 from torch import nn
+from torch.export import Dim
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +85,30 @@ class FusedModule(nn.Module):
                     name, b, persistent=name not in model._non_persistent_buffers_set
                 )
         object.__setattr__(self, "_original", model)  # not a child: no duplicate keys
+        try:  # forward's signature, so that dynamic_shapes given as for the model apply
+            self._signature = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            self._signature = None
         self._capture_args = (example_inputs, dynamic_shapes, strict, capture)
-        self._graphs = {}  # mode (True/False; None for torch.fx: mode-independent) -> graph
+        self._graphs = {}  # _key() (the modules' train flags; None for torch.fx) -> graph
         self.capture = None  # "export" or "fx"
         self.rewrites = []
         self.training = model.training
         self._graph()
 
+    def _key(self):
+        """Which graph runs: export bakes each module's train/eval behaviour in, so one
+        graph per combination of the modules' flags (a frozen batch norm in a training
+        model is its own combination); torch.fx's graph calls the modules (one graph)."""
+        if self.capture == "fx":
+            return None
+        return tuple(m.training for m in self._original.modules())
+
     def _graph(self):
-        key = None if self.capture == "fx" else self.training
-        if key not in self._graphs:
-            gm, self.capture, rewrites = _capture(
-                self._original, self.training, *self._capture_args
-            )
+        if self._key() not in self._graphs:
+            gm, self.capture, rewrites = _capture(self._original, *self._capture_args)
             self._bind(gm)
-            self._graphs[None if self.capture == "fx" else self.training] = gm
+            self._graphs[self._key()] = gm
             if not self.rewrites:
                 self.rewrites = rewrites
                 log.info(
@@ -101,7 +117,7 @@ class FusedModule(nn.Module):
                     len(rewrites),
                     "; ".join(rewrites) or "none",
                 )
-        return self._graphs[None if self.capture == "fx" else self.training]
+        return self._graphs[self._key()]
 
     def _bind(self, gm):
         """Points the graph module's parameters and buffers at the original's objects
@@ -121,30 +137,65 @@ class FusedModule(nn.Module):
                 if isinstance(owner, nn.Module) and leaf in getattr(owner, kind):
                     getattr(owner, kind)[leaf] = t
 
+    def train(self, mode=True):
+        """Sets the mode of this module, the original and every submodule they share
+        (as nn.Module.train does for its children)."""
+        super().train(mode)
+        self._original.train(mode)
+        return self
+
     def _apply(self, fn, *args, **kwargs):
+        before = _placement(self._original)
         super()._apply(fn, *args, **kwargs)
         for name, p in self._parameters.items():
             self._original._parameters[name] = p
         for name, b in self._buffers.items():
             self._original._buffers[name] = b
+        examples, *rest = self._capture_args
+        self._capture_args = (
+            tuple(fn(t) if isinstance(t, torch.Tensor) else t for t in examples),
+            *rest,
+        )
+        if self.capture == "export" and _placement(self._original) != before:
+            # An export graph records dtypes and devices (asserts, factory calls):
+            # capture again, from the converted example, on the next call.
+            self._graphs.clear()
         for gm in self._graphs.values():
             self._bind(gm)
         return self
 
-    def forward(self, *args, **kwargs):
-        return self._graph()(*args, **kwargs)
+    @property
+    def forward(self):
+        """Calls the captured graph; has the original forward's signature (a property,
+        so that ``inspect.signature(fused.forward)``, as torch.export and
+        torch.onnx.export read it, gives it)."""
+
+        def forward(*args, **kwargs):
+            return self._graph()(*args, **kwargs)
+
+        if self._signature is not None:
+            forward.__signature__ = self._signature
+        return forward
 
     def extra_repr(self):
         return f"capture={self.capture!r}, rewrites={len(self.rewrites)}"
 
 
+def _placement(model):
+    """The dtypes and devices of a model's parameters and buffers."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return [(t.dtype, t.device) for t in tensors]
+
+
 # --- capture --------------------------------------------------------------------------
 
 
-def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
-    was = model.training
-    model.train(mode)
+def _capture(model, example_inputs, dynamic_shapes, strict, capture):
+    """Captures the model in its modules' current modes (and leaves them as they were)."""
+    modes = [(m, m.training) for m in model.modules()]
     try:
+        from ._fuse_fx import _rewrite_fx
+
         if capture == "fx":
             gm = torch.fx.symbolic_trace(model)
             return gm, "fx", _rewrite_fx(gm)
@@ -162,17 +213,72 @@ def _capture(model, mode, example_inputs, dynamic_shapes, strict, capture):
                     f"fcn_kernels.fuse: torch.export failed ({export_error}) and so did "
                     f"torch.fx.symbolic_trace ({fx_error})"
                 ) from fx_error
-            if dynamic_shapes is not None:
-                log.info(
-                    "fcn_kernels.fuse: torch.export failed (%s); the torch.fx graph "
-                    "runs any input size",
-                    export_error,
-                )
+            log.warning(
+                "fcn_kernels.fuse: torch.export failed (%s: %s); captured with "
+                "torch.fx.symbolic_trace instead (torch-level patterns only; the graph "
+                "runs any input size)",
+                type(export_error).__name__,
+                str(export_error).strip().split("\n")[0],
+            )
             return gm, "fx", _rewrite_fx(gm)
         gm = ep.module()
+        _check_dynamic(gm, example_inputs, dynamic_shapes)
         return gm, "export", _rewrite_aten(gm)
     finally:
-        model.train(was)
+        for m, was in modes:
+            m.training = was
+
+
+def _check_dynamic(gm, example_inputs, dynamic_shapes):
+    """Warns when the captured graph refuses sizes of a dim the user asked to be dynamic:
+    export made it static, or its guards (ranges, equations between sizes) exclude half,
+    1.5 or 2 times the example's size (within the Dim's min/max). Probed with the graph's
+    guard function on meta tensors (no computation)."""
+    guards = getattr(gm, "_guards_fn", None)
+    if guards is None or not isinstance(dynamic_shapes, (tuple, list)):
+        return
+    if len(dynamic_shapes) != len(example_inputs):
+        return  # a nested form: not checked
+    meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs]
+    problems = []
+    for i, spec in enumerate(dynamic_shapes):
+        if isinstance(spec, (tuple, list)):
+            spec = dict(enumerate(spec))
+        if not isinstance(spec, dict) or not isinstance(meta[i], torch.Tensor):
+            continue
+        for dim, want in spec.items():
+            if (
+                want is None
+                or want is Dim.STATIC
+                or isinstance(want, int)
+                or not isinstance(dim, int)
+                or not -meta[i].dim() <= dim < meta[i].dim()
+            ):
+                continue
+            n = meta[i].shape[dim]
+            lo, hi = getattr(want, "min", None) or 2, getattr(want, "max", None) or math.inf
+            refused = []
+            for m in sorted({n // 2, n + n // 2, 2 * n} - {n}):
+                if not lo <= m <= hi:
+                    continue
+                shape = list(meta[i].shape)
+                shape[dim] = m
+                probe = list(meta)
+                probe[i] = torch.empty(shape, dtype=meta[i].dtype, device="meta")
+                try:
+                    guards(*probe)
+                except Exception as e:  # noqa: BLE001 (a failed guard: AssertionError, ...)
+                    refused.append(f"{m} ({str(e).strip().splitlines()[0][:120]})")
+            if refused:
+                problems.append(f"input {i} dim {dim} (example {n}) refuses " + ", ".join(refused))
+    if problems:
+        warnings.warn(
+            "fcn_kernels.fuse: torch.export captured the model for fewer input sizes than "
+            "dynamic_shapes asks: "
+            + "; ".join(problems)
+            + ". Run sizes the graph accepts, or fuse with an example of the size you run.",
+            stacklevel=6,
+        )
 
 
 def _args(node):
@@ -437,135 +543,3 @@ def _hint(v):
     if isinstance(v, torch.SymInt):
         return v.node.hint
     return v if isinstance(v, int) else None
-
-
-# --- rewriting the torch.fx (torch-level) graph -------------------------------------------
-
-
-def _rewrite_fx(gm):
-    import torch.nn.functional as F
-
-    from .bilinear import bilinear_upsample
-    from .deconv import conv_transpose2d_crop
-    from .unpool import max_unpool2d
-
-    g = gm.graph
-    rewrites = []
-    for node in list(g.nodes):
-        mod = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if node.op == "call_function" and node.target is F.interpolate:
-            kw = dict(
-                zip(
-                    (
-                        "input",
-                        "size",
-                        "scale_factor",
-                        "mode",
-                        "align_corners",
-                        "recompute_scale_factor",
-                        "antialias",
-                    ),
-                    node.args,
-                )
-            )
-            kw.update(node.kwargs)
-            if kw.get("mode", "nearest") != "bilinear" or kw.get("antialias", False):
-                continue
-            kw.pop("mode")
-            x = kw.pop("input")
-            kw.pop("antialias", None)
-            node.target, node.args, node.kwargs = bilinear_upsample, (x,), kw
-            rewrites.append(f"{node.name}: F.interpolate -> fcn_kernels.bilinear_upsample")
-        elif isinstance(mod, nn.Upsample) and mod.mode == "bilinear":
-            with g.inserting_before(node):
-                new = g.call_function(
-                    bilinear_upsample,
-                    node.args,
-                    dict(
-                        size=mod.size,
-                        scale_factor=mod.scale_factor,
-                        align_corners=mod.align_corners,
-                        recompute_scale_factor=mod.recompute_scale_factor,
-                    ),
-                )
-            node.replace_all_uses_with(new)
-            g.erase_node(node)
-            rewrites.append(f"{node.target}: nn.Upsample -> fcn_kernels.bilinear_upsample")
-        elif node.op == "call_function" and node.target is F.max_unpool2d:
-            node.target = max_unpool2d
-            rewrites.append(f"{node.name}: F.max_unpool2d -> fcn_kernels.max_unpool2d")
-        elif isinstance(mod, nn.MaxUnpool2d) and type(mod) is nn.MaxUnpool2d:
-            with g.inserting_before(node):
-                args = list(node.args) + [None] * (3 - len(node.args))
-                new = g.call_function(
-                    max_unpool2d,
-                    (args[0], args[1], mod.kernel_size, mod.stride, mod.padding),
-                    dict(output_size=node.kwargs.get("output_size", args[2])),
-                )
-            node.replace_all_uses_with(new)
-            g.erase_node(node)
-            rewrites.append(f"{node.target}: nn.MaxUnpool2d -> fcn_kernels.max_unpool2d")
-        elif type(mod) is nn.ConvTranspose2d and len(node.args) == 1 and not node.kwargs:
-            what = _fx_deconv_crop(gm, node, mod, conv_transpose2d_crop)
-            if what:
-                rewrites.append(what)
-    return _finish(gm, rewrites)
-
-
-def _fx_deconv_crop(gm, node, mod, op):
-    """nn.ConvTranspose2d whose only use is ``out[:, :, a:b, c:d]`` (operator.getitem
-    with a tuple of slices; bounds ints or graph values)."""
-    if len(node.users) != 1:
-        return None
-    user = next(iter(node.users))
-    if user.op != "call_function" or user.target is not operator.getitem:
-        return None
-    index = user.args[1]
-    if (
-        not isinstance(index, tuple)
-        or len(index) != 4
-        or not all(isinstance(s, slice) and s.step in (None, 1) for s in index)
-    ):
-        return None
-    if any(s.start not in (None, 0) or s.stop is not None for s in index[:2]):
-        return None
-    starts, stops = [], []
-    for s in index[2:]:
-        if isinstance(s.start, int) and s.start < 0 or isinstance(s.stop, int) and s.stop < 0:
-            return None
-        starts.append(s.start or 0)
-        stops.append(s.stop)
-    if any(v is None for v in stops):
-        if not all(v is None for v in stops):
-            return None
-        size = None
-    else:
-        with gm.graph.inserting_before(user):
-            size = [
-                gm.graph.call_function(operator.sub, (b, a))
-                if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node)
-                else b - a
-                for a, b in zip(starts, stops)
-            ]
-    g = gm.graph
-    with g.inserting_before(user):
-        w = g.get_attr(f"{node.target}.weight")
-        b = g.get_attr(f"{node.target}.bias") if mod.bias is not None else None
-        new = g.call_function(
-            op,
-            (
-                node.args[0],
-                w,
-                b,
-                mod.stride,
-                mod.padding,
-                mod.output_padding,
-                mod.groups,
-                mod.dilation,
-            ),
-            dict(offset=starts, size=size),
-        )
-    user.replace_all_uses_with(new)
-    g.erase_node(user)
-    g.erase_node(node)
-    return f"{node.target}: ConvTranspose2d + crop -> fcn_kernels.conv_transpose2d_crop"

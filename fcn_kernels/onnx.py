@@ -35,7 +35,8 @@ def translations():
 def export(model, args, path=None, *, dynamic_shapes=None, **kwargs):
     """``torch.onnx.export(model, args, path, dynamo=True, ...)`` with our operators'
     translations added to any ``custom_translation_table`` given. Returns the
-    ``torch.onnx.ONNXProgram``."""
+    ``torch.onnx.ONNXProgram``. A ``fuse()``d module takes the ``dynamic_shapes`` its
+    model takes (one entry per forward argument)."""
     table = translations()
     table.update(kwargs.pop("custom_translation_table", None) or {})
     return torch.onnx.export(

@@ -171,14 +171,14 @@ def test_train_eval_switch():
     torch.testing.assert_close(y_train, model(x), atol=1e-4, rtol=1e-4)
     fused.eval()
     torch.testing.assert_close(fused(x), y_eval)
-    assert set(fused._graphs) == {False, True}
+    assert len(fused._graphs) == 2  # one graph per mode, each captured once
 
 
 @pytest.mark.parametrize("arch", ["fcn32s", "fcn8s"])
 def test_dynamic_shapes(arch):
     model = ClassicFCN(arch).eval()
     dyn = ({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
-    fused = fk.fuse(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=dyn)
+    fused = fk.fuse(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dyn)
     assert fused.rewrites
     for shape in [(2, 3, 45, 29), (3, 3, 64, 71)]:
         x = torch.randn(shape)
@@ -300,3 +300,124 @@ def test_decomposed_convolution_pattern():
     assert torch.ops.aten.convolution.default in {n.target for n in gm.graph.nodes}
     assert [r.split(":")[0] for r in _rewrite_aten(gm)] == ["upscore"]
     torch.testing.assert_close(gm(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_modes_of_shared_modules_follow():
+    # .train()/.eval() of the fused module set the original's modules too (they are
+    # shared), and a capture leaves them as they were: the original run directly after
+    # fused.eval() must not update batch-norm statistics.
+    model = TorchvisionStyle().train()
+    x = torch.randn(2, 3, 32, 32)
+    fused = fk.fuse(model, (x,))
+    fused.eval()
+    fused(x)  # captures the eval graph
+    assert not model.training and not any(m.training for m in model.modules())
+    stats = model.backbone[1].running_mean.clone()
+    model(x)
+    assert torch.equal(model.backbone[1].running_mean, stats)
+    fused.train()
+    fused(x)
+    assert all(m.training for m in model.modules())
+    fused.eval()
+    fused(x)  # the cached eval graph
+    assert not any(m.training for m in model.modules())
+
+
+def test_frozen_batch_norm_in_training():
+    # A common fine-tuning set-up: the model trains, its batch norms stay in eval mode.
+    # The graph runs each module in its own mode; the capture does not change modes.
+    model = TorchvisionStyle().train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32)
+    fused = fk.fuse(model, (x,))
+    assert model.training and not model.backbone[1].training
+    torch.manual_seed(0)
+    out = fused(x)["out"]
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, ref(x)["out"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.backbone[1].running_mean, ref.backbone[1].running_mean)
+
+
+class CastsInput(nn.Module):
+    """Casts its input to its weight's dtype (as timm's ViT does): torch.export records a
+    dtype assert."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x.to(self.conv.weight.dtype))
+        return F.interpolate(y, scale_factor=2, mode="bilinear")
+
+
+def test_dtype_change_recaptures():
+    model = CastsInput().eval()
+    x = torch.randn(1, 3, 8, 8)
+    fused = fk.fuse(model, (x,))
+    fused.double()
+    xd = x.double()
+    out = fused(xd)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, model(xd))
+    targets = [n.target for g in fused._graphs.values() for n in g.graph.nodes]
+    assert FK.bilinear_upsample.default in targets  # the new graph is rewritten too
+    fused.float()
+    torch.testing.assert_close(fused(x), model(x))
+
+
+@torch.fx.wrap
+def _data_dependent(x):
+    return x * 2 if x.sum() > 0 else x  # torch.export cannot capture this; torch.fx wraps it
+
+
+class NeedsFx(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(_data_dependent(self.conv(x)), scale_factor=2, mode="bilinear")
+
+
+def test_fx_fallback_logs_why(caplog):
+    model = NeedsFx().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with caplog.at_level("WARNING", logger="fcn_kernels.fuse"):
+        fused = fk.fuse(model, (x,))  # no dynamic_shapes: still said, at fuse time
+    assert fused.capture == "fx"
+    msgs = [r.getMessage() for r in caplog.records if r.name == "fcn_kernels.fuse"]
+    assert len(msgs) == 1 and "torch.export failed" in msgs[0] and "torch.fx" in msgs[0]
+    torch.testing.assert_close(fused(x), model(x))
+
+
+class SpecialisesWidth(nn.Module):
+    def forward(self, x):
+        if x.shape[3] == 32:  # export specialises W under Dim.AUTO
+            x = x * 2
+        return F.interpolate(x, scale_factor=2, mode="bilinear")
+
+
+def test_narrowed_dynamic_dims_warn():
+    auto = ({2: Dim.AUTO, 3: Dim.AUTO},)
+    with pytest.warns(UserWarning, match=r"input 0 dim 3 \(example 32\) refuses 16"):
+        fused = fk.fuse(SpecialisesWidth(), (torch.randn(1, 3, 32, 32),), dynamic_shapes=auto)
+    with pytest.raises(Exception, match="(?i)guard"):
+        fused(torch.randn(1, 3, 32, 48))
+
+
+def test_dynamic_shapes_in_the_models_form():
+    # The fused module's forward has the original's signature, so dynamic_shapes written
+    # for the model (one entry per input) apply to it, e.g. in torch.export and ONNX export.
+    import inspect
+
+    model = TorchvisionStyle().eval()
+    d = {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    fused = fk.fuse(model, (torch.randn(1, 3, 32, 32),), dynamic_shapes=(d,))
+    assert inspect.signature(fused.forward) == inspect.signature(model.forward)
+    ep = torch.export.export(fused, (torch.randn(1, 3, 32, 32),), dynamic_shapes=(d,))
+    x = torch.randn(1, 3, 40, 24)
+    torch.testing.assert_close(ep.module()(x)["out"], model(x)["out"], atol=1e-5, rtol=1e-5)

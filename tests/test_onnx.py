@@ -119,3 +119,30 @@ def test_fused_model():
     with torch.no_grad():
         want = model(x)
     np.testing.assert_allclose(_run(program, x)[0], want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_fused_model_dynamic_onnxruntime():
+    # The natural form: the same dynamic_shapes for fuse and for the export; the graph
+    # runs in onnxruntime (what deployments use) at other sizes, equal to PyTorch.
+    ort = pytest.importorskip("onnxruntime")
+    from helpers import TINY_BLOCKS, ClassicFCN
+
+    torch.manual_seed(0)
+    model = ClassicFCN("fcn8s", n_class=4, blocks=TINY_BLOCKS, fc=32).eval()
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.normal_(m.weight, 0, 0.1)
+    x = torch.randn(1, 3, 64, 64)
+    d = {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    fused = fk.fuse(model, (x,), dynamic_shapes=(d,))
+    program = fk_onnx.export(fused, (x,), dynamic_shapes=(d,))
+    assert "ConvTranspose" in _op_types(program)
+    sess = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    for hw in [(64, 64), (45, 29), (61, 70)]:
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            want = model(x)
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)

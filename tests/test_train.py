@@ -254,3 +254,13 @@ def test_fused_model_under_autocast_matches_aten():
     # Each low-precision result against float64, not against each other (ATen's own
     # bf16 path is the less accurate one on some CPUs).
     assert (y.double() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_epoch_log_prints_only_measured_scores(tmp_path):
+    lines = []
+    cfg = TrainConfig(arch="fcn32s", epochs=2, eval_every=2, out=str(tmp_path), **TINY)
+    train(cfg, log=lines.append)
+    epochs = [s for s in lines if " epoch " in s]
+    assert len(epochs) == 2
+    assert "mIoU" not in epochs[0] and "nan" not in epochs[0]  # no evaluation in epoch 1
+    assert "mIoU" in epochs[1] and "nan" not in epochs[1]

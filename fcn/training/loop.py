@@ -244,10 +244,12 @@ def _train_stage(cfg, arch, stage_index, init_model, train_set, val_set, dist, l
         else:
             rec.update(dict.fromkeys(M.SUMMARY_METRICS, math.nan))
         history.append(rec)
+        evaluated = not math.isnan(rec["mean_iu"])  # print only what was measured
+        scores = f"mIoU {100 * rec['mean_iu']:.2f}  acc {100 * rec['acc']:.2f}  "
+        scores = scores if evaluated else ""
         log(
             f"{arch} epoch {epoch + 1}/{epochs}  step {st.step}  loss {rec['train_loss']:.4f}  "
-            f"mIoU {100 * rec['mean_iu']:.2f}  acc {100 * rec['acc']:.2f}  "
-            f"{rec['img_per_s']:.1f} img/s"
+            f"{scores}{rec['img_per_s']:.1f} img/s"
         )
         if dist.main:
             ck = _checkpoint(st, num_classes, train_set.class_names, epoch + 1, rec, history)
