@@ -222,7 +222,32 @@ def _capture(model, example_inputs, dynamic_shapes, strict, capture):
             )
             return gm, "fx", _rewrite_fx(gm)
         gm = ep.module()
-        _check_dynamic(gm, example_inputs, dynamic_shapes)
+        problems, near = _check_dynamic(gm, example_inputs, dynamic_shapes)
+        if near and capture == "auto":
+            # Guards that refuse sizes next to the example (torch 2.11 puts a parity
+            # guard on ceil_mode pooling) break the graph for half the sizes asked
+            # for: torch.fx's graph runs every size, so prefer it when it traces.
+            try:
+                fx_gm = torch.fx.symbolic_trace(model)
+            except Exception:  # noqa: BLE001 (keep the export graph, warn below)
+                fx_gm = None
+            if fx_gm is not None:
+                log.warning(
+                    "fcn_kernels.fuse: torch.export captured the model for fewer input "
+                    "sizes than dynamic_shapes asks (%s); captured with "
+                    "torch.fx.symbolic_trace instead, which runs every size",
+                    "; ".join(problems),
+                )
+                return fx_gm, "fx", _rewrite_fx(fx_gm)
+        if problems:
+            warnings.warn(
+                "fcn_kernels.fuse: torch.export captured the model for fewer input sizes "
+                "than dynamic_shapes asks: "
+                + "; ".join(problems)
+                + ". Run sizes the graph accepts, or fuse with an example of the size you "
+                "run.",
+                stacklevel=5,
+            )
         return gm, "export", _rewrite_aten(gm)
     finally:
         for m, was in modes:
@@ -230,17 +255,18 @@ def _capture(model, example_inputs, dynamic_shapes, strict, capture):
 
 
 def _check_dynamic(gm, example_inputs, dynamic_shapes):
-    """Warns when the captured graph refuses sizes of a dim the user asked to be dynamic:
-    export made it static, or its guards (ranges, equations between sizes) exclude half,
-    1.5 or 2 times the example's size (within the Dim's min/max). Probed with the graph's
-    guard function on meta tensors (no computation)."""
+    """The sizes of the dims the user asked to be dynamic that the captured graph refuses
+    (export made a dim static, or its guards - ranges, equations between sizes, parity -
+    exclude them), probed at 1-3 above, half, 1.5 and 2 times the example's size (within
+    the Dim's min/max) with the graph's guard function on meta tensors (no computation).
+    Returns (problems, near): near when a size 1-3 above the example is refused."""
     guards = getattr(gm, "_guards_fn", None)
     if guards is None or not isinstance(dynamic_shapes, (tuple, list)):
-        return
+        return [], False
     if len(dynamic_shapes) != len(example_inputs):
-        return  # a nested form: not checked
+        return [], False  # a nested form: not checked
     meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs]
-    problems = []
+    problems, near = [], False
     for i, spec in enumerate(dynamic_shapes):
         if isinstance(spec, (tuple, list)):
             spec = dict(enumerate(spec))
@@ -258,7 +284,7 @@ def _check_dynamic(gm, example_inputs, dynamic_shapes):
             n = meta[i].shape[dim]
             lo, hi = getattr(want, "min", None) or 2, getattr(want, "max", None) or math.inf
             refused = []
-            for m in sorted({n // 2, n + n // 2, 2 * n} - {n}):
+            for m in sorted({n + 1, n + 2, n + 3, n // 2, n + n // 2, 2 * n} - {n}):
                 if not lo <= m <= hi:
                     continue
                 shape = list(meta[i].shape)
@@ -269,16 +295,10 @@ def _check_dynamic(gm, example_inputs, dynamic_shapes):
                     guards(*probe)
                 except Exception as e:  # noqa: BLE001 (a failed guard: AssertionError, ...)
                     refused.append(f"{m} ({str(e).strip().splitlines()[0][:120]})")
+                    near = near or n < m <= n + 3
             if refused:
                 problems.append(f"input {i} dim {dim} (example {n}) refuses " + ", ".join(refused))
-    if problems:
-        warnings.warn(
-            "fcn_kernels.fuse: torch.export captured the model for fewer input sizes than "
-            "dynamic_shapes asks: "
-            + "; ".join(problems)
-            + ". Run sizes the graph accepts, or fuse with an example of the size you run.",
-            stacklevel=6,
-        )
+    return problems, near
 
 
 def _args(node):

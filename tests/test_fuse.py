@@ -8,6 +8,7 @@ F.max_unpool2d. The reference is always the unfused model itself (ATen).
 """
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -421,3 +422,41 @@ def test_dynamic_shapes_in_the_models_form():
     ep = torch.export.export(fused, (torch.randn(1, 3, 32, 32),), dynamic_shapes=(d,))
     x = torch.randn(1, 3, 40, 24)
     torch.testing.assert_close(ep.module()(x)["out"], model(x)["out"], atol=1e-5, rtol=1e-5)
+
+
+def _fuse_module():
+    return sys.modules["fcn_kernels.fuse"]  # fk.fuse is the function
+
+
+class _RefusesOdd:
+    """A captured graph's guard function that refuses odd heights, as torch 2.11's export
+    of ceil_mode max-pooling does ('Guard failed: (197 + x.size()[2]) % 2 != 0')."""
+
+    def _guards_fn(self, x):
+        assert x.shape[2] % 2 == 0, "Guard failed: x.size()[2] % 2 == 0"
+
+
+def test_check_dynamic_finds_parity_guards():
+    dyn = ({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    problems, near = _fuse_module()._check_dynamic(_RefusesOdd(), (torch.randn(1, 3, 32, 32),), dyn)
+    assert near and len(problems) == 1
+    assert "dim 2 (example 32) refuses 33" in problems[0] and "35" in problems[0]
+
+
+def test_near_size_guards_fall_back_to_fx(monkeypatch, caplog):
+    # When export's graph refuses sizes next to the example, fuse captures with torch.fx
+    # (which runs every size) and says why; the result is right at other sizes.
+    monkeypatch.setattr(
+        _fuse_module(),
+        "_check_dynamic",
+        lambda *a: (["input 0 dim 2 (example 64) refuses 65"], True),
+    )
+    model = ClassicFCN("fcn32s").eval()
+    dyn = ({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    with caplog.at_level("WARNING", logger="fcn_kernels.fuse"):
+        fused = fk.fuse(model, (torch.randn(1, 3, 64, 64),), dynamic_shapes=dyn)
+    assert fused.capture == "fx" and fused.rewrites
+    msgs = [r.getMessage() for r in caplog.records if r.name == "fcn_kernels.fuse"]
+    assert any("refuses 65" in m and "torch.fx" in m for m in msgs)
+    x = torch.randn(1, 3, 45, 29)
+    torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
