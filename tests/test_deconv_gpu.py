@@ -411,10 +411,10 @@ def test_deterministic_bits(gdev):
         assert torch.equal(a, b)
 
 
-def test_cached_diagonal_check_follows_the_weight(gdev):
-    # The GPU host code keeps the diagonal check of a weight it has seen (FCN's frozen
-    # upsampling weights). Every change must be seen: an in-place write (version bump),
-    # a new tensor at the same values, `.data` replaced, another dtype.
+def test_diagonal_check_follows_the_weight(gdev):
+    # The diagonal check runs on every call (nothing cached): every change is seen, an
+    # in-place write, `.data` replaced, another dtype, an inference tensor
+    # (tests/test_deconv_stale_weight.py: writes that do not bump the version).
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=gdev)
     w = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev)
     kw = dict(stride=2, offset=(1, 1), size=(9, 8))
@@ -422,7 +422,7 @@ def test_cached_diagonal_check_follows_the_weight(gdev):
     def ref(weight):
         return reference(x, weight.double(), None, dict(stride=2), (1, 1), (9, 8))
 
-    for _ in range(2):  # second call: a cache hit
+    for _ in range(2):
         assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
     with torch.no_grad():
         w[0, 2, 1, 1] = 0.75  # now off the diagonal: the flag must be raised again

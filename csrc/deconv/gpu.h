@@ -6,9 +6,10 @@
 // values, which would need a host sync):
 // * gather (square channel blocks, cin_g == cout_g, with few multiply-adds per output,
 //   not trained unless depthwise: FCN's fixed 21->21 upsampling weights, depthwise
-//   ones; see use_gather): a tiny kernel decides on the
-//   device whether the weight is channel-diagonal (DiagCheckKernel), and the gather
-//   kernels read that flag: one channel per output (diagonal) or the group's cin_g.
+//   ones; see use_gather): a small kernel decides on the device, on every call,
+//   whether the weight is channel-diagonal (DiagCheckKernel; nothing is cached, as a
+//   write through `.data` or an alias would leave a cache stale), and the gather
+//   kernels read its flags: one channel per output (diagonal) or the group's cin_g.
 //   Deterministic always (no atomics; the weight gradient is a fixed-order tree).
 // * dense (anything else): ATen's convolution (cuDNN on a GPU) arranged so that its
 //   output is the crop, the padding raised by m = min(offset, tail) per axis so that
@@ -28,8 +29,6 @@
 
 #include <algorithm>
 #include <array>
-#include <deque>
-#include <mutex>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -179,73 +178,29 @@ Dim gather_grid(Geom<index_t>& q, int64_t N, int64_t C, int64_t H, int64_t W,
   return grid;
 }
 
-// The gather paths' view of the weight: null flag and the weight itself for depthwise
-// weights, else the device flag (raised when not diagonal) and the diagonal filters.
+// The gather paths' view of the weight: no flags and the weight itself for depthwise
+// weights, else DiagCheckKernel's flags (on the device, launched on every call: see
+// there) and the diagonal filters, in one allocation.
 template <typename L>
-std::pair<at::Tensor, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
-  if (cin_g == 1) return {at::Tensor(), w};
-  at::Tensor flag = at::zeros({1}, w.options().dtype(at::kInt));
-  at::Tensor wd = at::empty({w.size(0), w.size(2), w.size(3)}, w.options());
-  const int64_t numel = w.numel();
+std::pair<const int*, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
+  if (cin_g == 1) return {nullptr, w};
+  const int64_t numel = w.numel(), KK = w.size(2) * w.size(3);
+  const int64_t flag_elems = kDiagBlocks * int64_t(sizeof(int)) / w.element_size();
+  at::Tensor buf = at::empty({flag_elems + w.size(0) * KK}, w.options());
+  int* flags = reinterpret_cast<int*>(buf.mutable_data_ptr());
+  at::Tensor wd = buf.narrow(0, flag_elems, w.size(0) * KK);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_diag_check", [&] {
         with_index_type(fits_int32({numel}), [&](auto zero) {
           using index_t = decltype(zero);
-          L::launch("deconv_diag_check", Dim{ceil_div_u32(numel, 256), 1, 1}, Dim{256, 1, 1}, 0,
+          L::launch("deconv_diag_check", Dim{kDiagBlocks, 1, 1}, Dim{kDiagThreads, 1, 1},
+                    kDiagThreads * sizeof(int),
                     DiagCheckKernel<scalar_t, index_t>{
-                        w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(),
-                        flag.mutable_data_ptr<int>(), index_t(numel),
-                        index_t(w.size(2) * w.size(3)), index_t(cin_g)});
+                        w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(), flags,
+                        index_t(numel), index_t(KK), index_t(cin_g)});
         });
       });
-  return {flag, wd};
-}
-
-// The diagonal check of a fixed weight (FCN's frozen upsampling filters) gives the same
-// answer on every call: the last few results are kept per weight tensor (held weakly,
-// so a freed tensor never matches), version (bumped by every in-place change), data
-// pointer, dtype and stream, and reused. Nothing is cached for inference tensors (no
-// version counter) or while a CUDA graph is being captured.
-struct DiagCheckEntry {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
-  int64_t version, stream;
-  const void* data;
-  at::ScalarType dtype;
-  std::pair<at::Tensor, at::Tensor> result;
-};
-
-template <typename L>
-std::pair<at::Tensor, at::Tensor> cached_diagonal_check(const at::Tensor& weight,
-                                                        const at::Tensor& w, int64_t cin_g) {
-  if (cin_g == 1) return diagonal_check<L>(w, cin_g);
-  static std::mutex mutex;
-  // Never destroyed: device tensors must not be freed by static destructors at exit.
-  static auto* entries = new std::deque<DiagCheckEntry>();
-  constexpr size_t kEntries = 8;
-  const bool cacheable = !weight.is_inference() && !L::capturing();
-  int64_t version = 0, stream = 0;
-  if (cacheable) {
-    version = weight._version();
-    stream = L::stream_key();
-    std::lock_guard<std::mutex> lock(mutex);
-    for (const DiagCheckEntry& e : *entries) {
-      if (e.version == version && e.stream == stream && e.data == weight.const_data_ptr() &&
-          e.dtype == weight.scalar_type() &&
-          e.weight.lock().get() == weight.unsafeGetTensorImpl()) {
-        return e.result;
-      }
-    }
-  }
-  auto result = diagonal_check<L>(w, cin_g);
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(mutex);
-    entries->push_front(
-        DiagCheckEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-                           weight.getIntrusivePtr()),
-                       version, stream, weight.const_data_ptr(), weight.scalar_type(), result});
-    if (entries->size() > kEntries) entries->pop_back();
-  }
-  return result;
+  return {flags, wd};
 }
 
 // ---------------------------------------------------------------------------------
@@ -347,9 +302,9 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
                          dilation, offset, size, fmt);
   }
-  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const std::pair<const int*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const int* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
-  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
       {element_span(self), y.numel(), w.numel(),
@@ -401,9 +356,9 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                         r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
-  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const std::pair<const int*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const int* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
-  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
   const bool small = fits_int32(
       {element_span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),

@@ -106,8 +106,19 @@ FK_HD acc_t tap_sum(acc_t acc, const scalar_t* src, const scalar_t* filt, const 
   return acc;
 }
 
+// DiagCheckKernel's launch: kDiagBlocks blocks of kDiagThreads threads.
+constexpr int kDiagBlocks = 16, kDiagThreads = 1024, kDiagLevels = 10;  // 2^10 threads
+
+// The gather kernels' test of DiagCheckKernel's flags (null: a depthwise weight).
+FK_HD bool diagonal_of_flags(const int* offdiag) {
+  if (offdiag == nullptr) return true;
+  int any = 0;
+  for (int b = 0; b < kDiagBlocks; ++b) any |= offdiag[b];
+  return any == 0;
+}
+
 // y[n, co, oh, ow] = bias[co] + sum_{ci, ky, kx} x[n, ci, iy, ix] * w[ci, j, ky, kx].
-// offdiag: device flag of DiagCheckKernel (null: the weight is depthwise). While it is
+// offdiag: DiagCheckKernel's flags (null: the weight is depthwise). While they are all
 // 0 the channel loop is the one channel co (weight wd[co, ky, kx]); otherwise all
 // cin_g channels of co's group.
 template <typename scalar_t, typename index_t>
@@ -135,7 +146,7 @@ struct ForwardKernel {
     const index_t ow = q.V == 1 ? lin : lin / q.V;
     const index_t v = lin - ow * q.V;
     const Taps<index_t> tx = source_taps(ow, q.ax);
-    const bool diag = offdiag == nullptr || *offdiag == 0;
+    const bool diag = diagonal_of_flags(offdiag);
     const index_t KK = q.KH * q.KW;
     for (index_t oh = index_t(t.block.y) * index_t(t.block_dim.y) + index_t(t.thread.y);
          oh < q.ay.out; oh += index_t(t.grid.y) * index_t(t.block_dim.y)) {
@@ -191,7 +202,7 @@ struct BackwardInputKernel {
     const index_t ix = q.V == 1 ? lin : lin / q.V;
     const index_t v = lin - ix * q.V;
     const Taps<index_t> tx = target_taps(ix, q.ax);
-    const bool diag = offdiag == nullptr || *offdiag == 0;
+    const bool diag = diagonal_of_flags(offdiag);
     const index_t KK = q.KH * q.KW;
     for (index_t iy = index_t(t.block.y) * index_t(t.block_dim.y) + index_t(t.thread.y);
          iy < q.ay.in; iy += index_t(t.grid.y) * index_t(t.block_dim.y)) {
@@ -222,28 +233,44 @@ struct BackwardInputKernel {
   }
 };
 
-// Whether the weight is channel-diagonal, decided on the device (no host sync, so
-// CUDA-graph capture works): raises *offdiag (zeroed by the host before) for any
-// non-zero entry off the diagonal of a group's square (cin_g x cin_g) block, NaN and
-// Inf included, and copies the diagonal to wd[ci, ky, kx] for the diagonal loops.
+// Whether the weight is channel-diagonal, decided on the device on every call: no host
+// sync (CUDA-graph capture works) and nothing kept between calls, so a write that does
+// not bump the weight's version (`.data`, NumPy or DLPack aliases) is always seen.
+// kDiagBlocks blocks stride over the weight; block b sets offdiag[b] (no zeroing launch
+// needed) to 1 when its share holds a non-zero entry (NaN and Inf included) off the
+// diagonal of a group's square (cin_g x cin_g) block, else 0, through a fixed shared-
+// memory OR tree; the diagonal is copied to wd[ci, ky, kx] for the diagonal loops. The
+// gather kernels OR the kDiagBlocks flags (diagonal_of_flags).
 template <typename scalar_t, typename index_t>
 struct DiagCheckKernel {
+  static constexpr int kPhases = 1 + kDiagLevels;
   const scalar_t* w;
   scalar_t* wd;
-  int* offdiag;
+  int* offdiag;  // kDiagBlocks flags
   index_t numel, KK, cin_g;
 
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const index_t idx = index_t(t.block.x) * index_t(t.block_dim.x) + index_t(t.thread.x);
-    if (idx >= numel) return;
-    const index_t tap = idx % KK, r = idx / KK;
-    const index_t ci = r / cin_g, j = r - ci * cin_g;  // weight (Cin, cin_g, KH, KW)
-    if (j == ci % cin_g) {
-      wd[ci * KK + tap] = w[idx];
-    } else if (static_cast<acc_t>(w[idx]) != acc_t(0)) {
-      raise_flag(offdiag);
+    int* sm = reinterpret_cast<int*>(t.smem);
+    const int tid = int(t.thread.x);
+    if (t.phase > 0) {  // level `phase` of the tree: halves the live entries
+      const int half = kDiagThreads >> t.phase;
+      if (tid < half) sm[tid] |= sm[tid + half];
+      if (t.phase == kDiagLevels && tid == 0) offdiag[t.block.x] = sm[0];
+      return;
     }
+    int any = 0;
+    for (index_t idx = index_t(t.block.x) * kDiagThreads + tid; idx < numel;
+         idx += index_t(kDiagBlocks) * kDiagThreads) {
+      const index_t tap = idx % KK, r = idx / KK;
+      const index_t ci = r / cin_g, j = r - ci * cin_g;  // weight (Cin, cin_g, KH, KW)
+      if (j == ci % cin_g) {
+        wd[ci * KK + tap] = w[idx];
+      } else if (static_cast<acc_t>(w[idx]) != acc_t(0)) {
+        any = 1;
+      }
+    }
+    sm[tid] = any;
   }
 };
 
