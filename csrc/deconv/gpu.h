@@ -180,24 +180,30 @@ Dim gather_grid(Geom<index_t>& q, int64_t N, int64_t C, int64_t H, int64_t W,
 
 // The gather paths' view of the weight: no flags and the weight itself for depthwise
 // weights, else DiagCheckKernel's flags (on the device, launched on every call: see
-// there) and the diagonal filters, in one allocation.
+// there) and the diagonal filters, in one allocation (flags first, 16-byte aligned).
 template <typename L>
-std::pair<const int*, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
+std::pair<const uint8_t*, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
   if (cin_g == 1) return {nullptr, w};
-  const int64_t numel = w.numel(), KK = w.size(2) * w.size(3);
-  const int64_t flag_elems = kDiagBlocks * int64_t(sizeof(int)) / w.element_size();
+  const int64_t rows = w.size(0) * cin_g, KK = w.size(2) * w.size(3);
+  const int64_t flag_elems = kDiagBlocks / w.element_size();
   at::Tensor buf = at::empty({flag_elems + w.size(0) * KK}, w.options());
-  int* flags = reinterpret_cast<int*>(buf.mutable_data_ptr());
+  uint8_t* flags = static_cast<uint8_t*>(buf.mutable_data_ptr());
   at::Tensor wd = buf.narrow(0, flag_elems, w.size(0) * KK);
+  // Threads along the taps: the power of two >= KK (at most all of them), the rest of
+  // the block along the rows.
+  uint32_t tx = 1;
+  while (tx < KK && tx < uint32_t(kDiagThreads)) tx *= 2;
+  const Dim block{tx, uint32_t(kDiagThreads) / tx, 1};
+  const int64_t step = int64_t(kDiagBlocks) * block.y;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_diag_check", [&] {
-        with_index_type(fits_int32({numel}), [&](auto zero) {
+        with_index_type(fits_int32({w.numel()}), [&](auto zero) {
           using index_t = decltype(zero);
-          L::launch("deconv_diag_check", Dim{kDiagBlocks, 1, 1}, Dim{kDiagThreads, 1, 1},
-                    kDiagThreads * sizeof(int),
+          L::launch("deconv_diag_check", Dim{kDiagBlocks, 1, 1}, block, kDiagThreads * sizeof(int),
                     DiagCheckKernel<scalar_t, index_t>{
                         w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(), flags,
-                        index_t(numel), index_t(KK), index_t(cin_g)});
+                        index_t(rows), index_t(KK), index_t(cin_g), index_t(step / cin_g),
+                        index_t((step / cin_g) % cin_g), index_t(step % cin_g)});
         });
       });
   return {flags, wd};
@@ -302,8 +308,8 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
                          dilation, offset, size, fmt);
   }
-  const std::pair<const int*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
-  const int* offdiag = fw.first;
+  const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
@@ -356,8 +362,8 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                         r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
-  const std::pair<const int*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
-  const int* offdiag = fw.first;
+  const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
   const bool small = fits_int32(
       {element_span(grad_output), gx.numel(), w.numel(),

@@ -106,14 +106,23 @@ FK_HD acc_t tap_sum(acc_t acc, const scalar_t* src, const scalar_t* filt, const 
   return acc;
 }
 
-// DiagCheckKernel's launch: kDiagBlocks blocks of kDiagThreads threads.
-constexpr int kDiagBlocks = 16, kDiagThreads = 1024, kDiagLevels = 10;  // 2^10 threads
+// DiagCheckKernel's launch: kDiagBlocks blocks of kDiagThreads threads, one flag byte
+// per block.
+constexpr int kDiagBlocks = 128, kDiagThreads = 256, kDiagLevels = 8;  // 2^8 threads
 
-// The gather kernels' test of DiagCheckKernel's flags (null: a depthwise weight).
-FK_HD bool diagonal_of_flags(const int* offdiag) {
+// The gather kernels' test of DiagCheckKernel's flags (null: a depthwise weight). On
+// the device 8 16-byte loads of the same addresses for every lane (L1 broadcasts).
+FK_HD bool diagonal_of_flags(const uint8_t* offdiag) {
   if (offdiag == nullptr) return true;
-  int any = 0;
-  for (int b = 0; b < kDiagBlocks; ++b) any |= offdiag[b];
+#ifdef __CUDA_ARCH__
+  const uint4* v = reinterpret_cast<const uint4*>(offdiag);
+  unsigned any = 0;
+#pragma unroll
+  for (int i = 0; i < kDiagBlocks / 16; ++i) any |= v[i].x | v[i].y | v[i].z | v[i].w;
+#else
+  unsigned any = 0;
+  for (int i = 0; i < kDiagBlocks; ++i) any |= offdiag[i];
+#endif
   return any == 0;
 }
 
@@ -127,7 +136,7 @@ struct ForwardKernel {
   const scalar_t* w;
   const scalar_t* wd;
   const scalar_t* bias;
-  const int* offdiag;
+  const uint8_t* offdiag;
   scalar_t* y;
   Geom<index_t> q;
 
@@ -183,7 +192,7 @@ struct BackwardInputKernel {
   const scalar_t* grad;
   const scalar_t* w;
   const scalar_t* wd;
-  const int* offdiag;
+  const uint8_t* offdiag;
   scalar_t* gx;
   Geom<index_t> q;
 
@@ -236,39 +245,53 @@ struct BackwardInputKernel {
 // Whether the weight is channel-diagonal, decided on the device on every call: no host
 // sync (CUDA-graph capture works) and nothing kept between calls, so a write that does
 // not bump the weight's version (`.data`, NumPy or DLPack aliases) is always seen.
-// kDiagBlocks blocks stride over the weight; block b sets offdiag[b] (no zeroing launch
-// needed) to 1 when its share holds a non-zero entry (NaN and Inf included) off the
-// diagonal of a group's square (cin_g x cin_g) block, else 0, through a fixed shared-
-// memory OR tree; the diagonal is copied to wd[ci, ky, kx] for the diagonal loops. The
-// gather kernels OR the kDiagBlocks flags (diagonal_of_flags).
+// Block b sets offdiag[b] (so no zeroing launch is needed) to 1 when its share holds a
+// non-zero entry (NaN and Inf included) off the diagonal of a group's square
+// (cin_g x cin_g) block, else 0, through a fixed shared-memory OR tree; the diagonal is
+// copied to wd[ci, ky, kx] for the diagonal loops. The gather kernels OR the flags
+// (diagonal_of_flags). Threads: x along a filter's KK taps (coalesced), y and the
+// blocks over the rows = Cin * cin_g filters, whose (ci, j, ci mod cin_g) are stepped
+// without division (a step of `step` rows = step_q * cin_g + step_r).
 template <typename scalar_t, typename index_t>
 struct DiagCheckKernel {
   static constexpr int kPhases = 1 + kDiagLevels;
   const scalar_t* w;
   scalar_t* wd;
-  int* offdiag;  // kDiagBlocks flags
-  index_t numel, KK, cin_g;
+  uint8_t* offdiag;                                  // kDiagBlocks flags
+  index_t rows, KK, cin_g, step_q, step_qm, step_r;  // step_qm = step_q mod cin_g
 
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
     int* sm = reinterpret_cast<int*>(t.smem);
-    const int tid = int(t.thread.x);
+    const int tid = int(t.thread.y * t.block_dim.x + t.thread.x);
     if (t.phase > 0) {  // level `phase` of the tree: halves the live entries
       const int half = kDiagThreads >> t.phase;
       if (tid < half) sm[tid] |= sm[tid + half];
-      if (t.phase == kDiagLevels && tid == 0) offdiag[t.block.x] = sm[0];
+      if (t.phase == kDiagLevels && tid == 0) offdiag[t.block.x] = uint8_t(sm[0]);
       return;
     }
     int any = 0;
-    for (index_t idx = index_t(t.block.x) * kDiagThreads + tid; idx < numel;
-         idx += index_t(kDiagBlocks) * kDiagThreads) {
-      const index_t tap = idx % KK, r = idx / KK;
-      const index_t ci = r / cin_g, j = r - ci * cin_g;  // weight (Cin, cin_g, KH, KW)
-      if (j == ci % cin_g) {
-        wd[ci * KK + tap] = w[idx];
-      } else if (static_cast<acc_t>(w[idx]) != acc_t(0)) {
-        any = 1;
+    index_t r = index_t(t.block.x) * index_t(t.block_dim.y) + index_t(t.thread.y);
+    index_t ci = r / cin_g, j = r - ci * cin_g, cm = ci % cin_g;  // row r = (ci, j)
+    const index_t step = index_t(t.grid.x) * index_t(t.block_dim.y);
+    for (; r < rows; r += step) {
+      const scalar_t* row = w + r * KK;
+      if (j == cm) {
+        for (index_t k = t.thread.x; k < KK; k += index_t(t.block_dim.x)) wd[ci * KK + k] = row[k];
+      } else {
+        for (index_t k = t.thread.x; k < KK; k += index_t(t.block_dim.x)) {
+          any |= static_cast<acc_t>(row[k]) != acc_t(0);
+        }
       }
+      j += step_r;
+      ci += step_q;
+      cm += step_qm;
+      if (j >= cin_g) {
+        j -= cin_g;
+        ++ci;
+        ++cm;
+      }
+      if (cm >= cin_g) cm -= cin_g;
     }
     sm[tid] = any;
   }
