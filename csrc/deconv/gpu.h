@@ -16,6 +16,11 @@
 //   the uncropped map is never computed; the gradients likewise. Its determinism
 //   follows torch's settings (under torch.use_deterministic_algorithms(True) cuDNN
 //   picks deterministic algorithms).
+// Variants chosen at run time (deconv/variant.h): float16/bfloat16 on the dense path
+// instead of the gather (FCN_KERNELS_DECONV_LOWP=cudnn), and the gather path's input
+// gradient by a shared-memory tile kernel (FCN_KERNELS_DECONV_GRAD_INPUT=tile,
+// deconv/gpu_tile.h). Each path is named in the profiler (RECORD_FUNCTION
+// "fcn_kernels::deconv_<op>_<path>"), so a trace or a test can tell which one ran.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -26,6 +31,7 @@
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <array>
@@ -36,6 +42,8 @@
 
 #include "deconv/args.h"
 #include "deconv/gpu_kernels.h"
+#include "deconv/gpu_tile.h"
+#include "deconv/variant.h"
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
@@ -66,9 +74,12 @@ inline bool gather_fits(int64_t cin_g, int64_t cout_g, int64_t KH, int64_t KW,
 // learned square weights are dense in practice (FCN's upscore2 / upscore_pool4 start
 // as the bilinear filter and leave the diagonal at the first step), and there cuDNN
 // wins. FCN's fixed upsampling weights are frozen. Only speed depends on this choice.
+// With FCN_KERNELS_DECONV_LOWP=cudnn, float16/bfloat16 take the dense path (tensor cores).
 inline bool use_gather(const at::Tensor& weight, int64_t cin_g, int64_t cout_g, int64_t KH,
-                       int64_t KW, at::IntArrayRef stride, at::IntArrayRef dilation) {
+                       int64_t KW, at::IntArrayRef stride, at::IntArrayRef dilation,
+                       const Variants& variants, at::ScalarType dtype) {
   if (cin_g > 1 && weight.requires_grad()) return false;
+  if (variants.lowp_cudnn && (dtype == at::kHalf || dtype == at::kBFloat16)) return false;
   return gather_fits(cin_g, cout_g, KH, KW, stride, dilation);
 }
 
@@ -290,7 +301,7 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
                                      at::IntArrayRef size) {
   check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups, dilation,
                        offset, size);
-  typename L::Guard guard(self.device());
+  typename L::Guard device_guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), Cout = cout_g * groups;
   const int64_t KH = weight.size(2), KW = weight.size(3);
@@ -304,13 +315,16 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return bias.defined() ? y.add_(bias.view({1, Cout, 1, 1})) : y;
   }
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
+  const Variants variants = read_variants();
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation, variants, self.scalar_type())) {
+    RECORD_FUNCTION("fcn_kernels::deconv_forward_dense", std::vector<c10::IValue>());
     return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
                          dilation, offset, size, fmt);
   }
   const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
   const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
+  RECORD_FUNCTION("fcn_kernels::deconv_forward_gather", std::vector<c10::IValue>());
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
       {element_span(self), y.numel(), w.numel(),
@@ -343,7 +357,7 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                                                     at::IntArrayRef offset) {
   check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups, dilation,
                               offset);
-  typename L::Guard guard(grad_output.device());
+  typename L::Guard device_guard(grad_output.device());
   const int64_t N = input_size[0], Cin = input_size[1], cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), KH = weight.size(2), KW = weight.size(3);
   const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
@@ -352,7 +366,10 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
   if (gx.numel() == 0) return gx;
   if (OH == 0 || OW == 0) return gx.zero_();
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
+  const Variants variants = read_variants();
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation, variants,
+                  grad_output.scalar_type())) {
+    RECORD_FUNCTION("fcn_kernels::deconv_backward_input_dense", std::vector<c10::IValue>());
     const DenseAxes r = dense_axes(input_size.slice(2), grad_output.sizes().slice(2),
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
@@ -365,6 +382,12 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
   const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
   const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
+  const int64_t tile_ty = variants.grad_input_tile
+                              ? tile_rows(KH, KW, stride, dilation, grad_output.element_size())
+                              : 0;
+  RECORD_FUNCTION(tile_ty > 0 ? "fcn_kernels::deconv_backward_input_tile"
+                              : "fcn_kernels::deconv_backward_input_gather",
+                  std::vector<c10::IValue>());
   const bool small = fits_int32(
       {element_span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),
@@ -377,12 +400,16 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
           Geom<index_t> q =
               gather_geom<index_t>(input_size.slice(2), grad_output.sizes().slice(2), KH, KW, cin_g,
                                    cout_g, stride, padding, dilation, offset, grad_output, gx);
-          const Dim grid = gather_grid<L>(q, N, Cin, input_size[2], input_size[3], fmt);
-          L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
-                    BackwardInputKernel<scalar_t, index_t>{grad_output.const_data_ptr<scalar_t>(),
-                                                           w.const_data_ptr<scalar_t>(),
-                                                           wd.const_data_ptr<scalar_t>(), offdiag,
-                                                           gx.mutable_data_ptr<scalar_t>(), q});
+          BackwardInputKernel<scalar_t, index_t> k{
+              grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+              wd.const_data_ptr<scalar_t>(),          offdiag,
+              gx.mutable_data_ptr<scalar_t>(),        q};
+          if (tile_ty > 0) {
+            launch_tile_grad_input<L>(k, N, Cin, tile_ty);
+            return;
+          }
+          const Dim grid = gather_grid<L>(k.q, N, Cin, input_size[2], input_size[3], fmt);
+          L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0, k);
         });
       });
   return gx;
@@ -405,7 +432,7 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
     at::IntArrayRef offset) {
   check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups, dilation,
                                offset);
-  typename L::Guard guard(self.device());
+  typename L::Guard device_guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight_size[1], KH = weight_size[2], KW = weight_size[3];
   const int64_t numel = Cin * cout_g * KH * KW;

@@ -204,6 +204,20 @@ struct BackwardInputKernel {
                    q.rs[3], q.KW);
   }
 
+  // gx at input channel ci of the plane gn of image n, for taps (ty, tx).
+  template <typename acc_t>
+  FK_HD acc_t pixel(const scalar_t* gn, index_t ci, const Taps<index_t>& ty,
+                    const Taps<index_t>& tx, bool diag) const {
+    const index_t KK = q.KH * q.KW;
+    if (diag) return taps(acc_t(0), gn + ci * q.rs[1], wd + ci * KK, ty, tx);
+    acc_t acc = acc_t(0);
+    const index_t grp = ci / q.cin_g;
+    for (index_t j = 0; j < q.cout_g; ++j) {
+      acc = taps(acc, gn + (grp * q.cout_g + j) * q.rs[1], w + (ci * q.cout_g + j) * KK, ty, tx);
+    }
+    return acc;
+  }
+
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
     const index_t lin = index_t(t.block.x) * index_t(t.block_dim.x) + index_t(t.thread.x);
@@ -212,24 +226,13 @@ struct BackwardInputKernel {
     const index_t v = lin - ix * q.V;
     const Taps<index_t> tx = target_taps(ix, q.ax);
     const bool diag = diagonal_of_flags(offdiag);
-    const index_t KK = q.KH * q.KW;
     for (index_t iy = index_t(t.block.y) * index_t(t.block_dim.y) + index_t(t.thread.y);
          iy < q.ay.in; iy += index_t(t.grid.y) * index_t(t.block_dim.y)) {
       const Taps<index_t> ty = target_taps(iy, q.ay);
       index_t n = index_t(t.block.z) / q.cq, c = index_t(t.block.z) - n * q.cq;
       for (index_t p = t.block.z; p < q.Q; p += index_t(t.grid.z)) {
         const index_t ci = v + c;
-        acc_t acc = acc_t(0);
-        const scalar_t* gn = grad + n * q.rs[0];
-        if (diag) {
-          acc = taps(acc, gn + ci * q.rs[1], wd + ci * KK, ty, tx);
-        } else {
-          const index_t grp = ci / q.cin_g;
-          for (index_t j = 0; j < q.cout_g; ++j) {
-            acc = taps(acc, gn + (grp * q.cout_g + j) * q.rs[1], w + (ci * q.cout_g + j) * KK, ty,
-                       tx);
-          }
-        }
+        const acc_t acc = pixel<acc_t>(grad + n * q.rs[0], ci, ty, tx, diag);
         gx[n * q.ws[0] + ci * q.ws[1] + iy * q.ws[2] + ix * q.ws[3]] = static_cast<scalar_t>(acc);
         c += q.step_c;
         n += q.step_n;
