@@ -78,6 +78,14 @@ VARIANT_CASES = {
         size=None,
         kw=dict(stride=4, dilation=2),
     ),
+    # stride 1 along x (no phases), 2 along y; two tiles along x
+    "stride1": lambda: dict(
+        x=rand(1, 3, 5, 40),
+        w=square_weight(3, (3, 3)),
+        offset=(1, 1),
+        size=None,
+        kw=dict(stride=(2, 1), padding=(0, 1)),
+    ),
     "depthwise": lambda: dict(
         x=rand(2, 4, 6, 5),
         w=rand(4, 1, 5, 3),

@@ -113,6 +113,16 @@ struct TileGradInputKernel {
         const scalar_t* row = sm + (tyy.c0 - oy0 + a * q.ay.d) * pitch;
         const scalar_t* fr = filt + a * q.KW;
         index_t ph = c % s, idx = idx0;
+        if (d_r == 1) {
+          // Dilation 1 (FCN): runs of s - ph taps one phase row (Ws) apart, then a wrap.
+          for (index_t b = 0; b < txx.n; ph = 0, idx += wrap) {
+            const index_t end = imin(txx.n, b + s - ph);
+            for (; b < end; ++b, idx += step) {
+              acc += static_cast<acc_t>(row[idx]) * static_cast<acc_t>(fr[b]);
+            }
+          }
+          continue;
+        }
         for (index_t b = 0; b < txx.n; ++b) {
           acc += static_cast<acc_t>(row[idx]) * static_cast<acc_t>(fr[b]);
           ph += d_r;
