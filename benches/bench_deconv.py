@@ -8,6 +8,13 @@ with FCN's bilinear weight (channel-diagonal, frozen as in the classic port) and
 dense learned ("general") weight; FCN-32s's upscore (k64 s32, 16x16 -> crop 19, 500x500,
 bilinear). Forward, backward, and forward + backward. `impl` pairs ours with the
 reference for the report.
+
+On CUDA `test_cuda_variant` also times the variants of csrc/deconv/variant.h, each
+paired with the reference in the same run, on the cases it changes:
+`variant=tile` (FCN_KERNELS_DECONV_GRAD_INPUT=tile: the frozen bilinear weights'
+input gradient) and `variant=cudnn` (FCN_KERNELS_DECONV_LOWP=cudnn: bfloat16 forward,
+and the frozen weights' input gradient). The default rows are test_forward's and
+test_backward's.
 """
 
 import pytest
@@ -75,10 +82,9 @@ def cases(test):
     return pytest.mark.parametrize("impl", ["ref", "ours"])(test)
 
 
-@cases
-def test_forward(benchmark, device, dtype, shape, batch, impl):
+def time_forward(benchmark, device, dtype, shape, batch, impl, tag=""):
     x, w, kw = make(shape, batch, device, dtype, False)
-    benchmark.group = f"deconv-fwd-{device}-{dtype}-{shape}-b{batch}"
+    benchmark.group = f"deconv-fwd-{device}{tag}-{dtype}-{shape}-b{batch}"
     out_elems = batch * C * kw["size"][0] * kw["size"][1]
     benchmark.extra_info.update(
         op="deconv",
@@ -90,13 +96,12 @@ def test_forward(benchmark, device, dtype, shape, batch, impl):
         timed_run(benchmark, lambda: run(impl, x, w, kw), device, rounds(device, shape))
 
 
-@cases
-def test_backward(benchmark, device, dtype, shape, batch, impl):
+def time_backward(benchmark, device, dtype, shape, batch, impl, tag=""):
     x, w, kw = make(shape, batch, device, dtype, True)
     out = run(impl, x, w, kw)
     grad = torch.randn_like(out)
     leaves = [t for t in (x, w) if t.requires_grad]
-    benchmark.group = f"deconv-bwd-{device}-{dtype}-{shape}-b{batch}"
+    benchmark.group = f"deconv-bwd-{device}{tag}-{dtype}-{shape}-b{batch}"
     benchmark.extra_info.update(
         op="deconv",
         case=f"{shape} b{batch}",
@@ -109,6 +114,44 @@ def test_backward(benchmark, device, dtype, shape, batch, impl):
         device,
         rounds(device, shape),
     )
+
+
+@cases
+def test_forward(benchmark, device, dtype, shape, batch, impl):
+    time_forward(benchmark, device, dtype, shape, batch, impl)
+
+
+@cases
+def test_backward(benchmark, device, dtype, shape, batch, impl):
+    time_backward(benchmark, device, dtype, shape, batch, impl)
+
+
+# variant: (environment variable, value)
+VARIANTS = {
+    "tile": ("FCN_KERNELS_DECONV_GRAD_INPUT", "tile"),
+    "cudnn": ("FCN_KERNELS_DECONV_LOWP", "cudnn"),
+}
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", ["ref", "ours"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cuda_variant(benchmark, monkeypatch, variant, direction, dtype, shape, batch, impl):
+    # Only where the variant changes what runs: the input gradient of the gather path
+    # (frozen bilinear weights; a learned square weight takes cuDNN), and for "cudnn"
+    # low precision only.
+    bilinear = SHAPES[shape][5] == "bilinear"
+    if variant == "tile" and (direction == "fwd" or not bilinear):
+        pytest.skip("the tile variant changes the frozen weights' input gradient only")
+    if variant == "cudnn" and (dtype == torch.float32 or (direction == "bwd" and not bilinear)):
+        pytest.skip("the cudnn variant changes the gather path's float16/bfloat16 only")
+    monkeypatch.setenv(*VARIANTS[variant])
+    timer = time_forward if direction == "fwd" else time_backward
+    timer(benchmark, "cuda", dtype, shape, batch, impl, tag=f"-{variant}")
 
 
 @cases

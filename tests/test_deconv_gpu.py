@@ -55,10 +55,12 @@ def check(
     layout="nchw",
     grad="random",
     scale=1.0,
+    frozen=False,
     **kw,
 ):
-    """Forward and both gradients (and the bias's) at `dtype` on `device` against a
-    float64 reference on the same rounded values."""
+    """Forward and the gradients (input, bias, and weight unless `frozen`) at `dtype` on
+    `device` against a float64 reference on the same rounded values. A trained square
+    weight takes the dense path: the gather kernels need `frozen` (as FCN's upsampling)."""
     if size is None:
         size = tuple(f - o for f, o in zip(full_size(x.shape[2:], w.shape[2:], kw), offset))
     x, w = x.to(dtype), w.to(dtype)
@@ -72,7 +74,7 @@ def check(
         xi = xi.contiguous(memory_format=torch.channels_last)
     elif layout == "noncontig":
         xi = xi.transpose(2, 3).contiguous().transpose(2, 3)
-    ins = [xi.requires_grad_(), w.to(device).requires_grad_()] + (
+    ins = [xi.requires_grad_(), w.to(device).requires_grad_(not frozen)] + (
         [b.to(device).requires_grad_()] if b is not None else []
     )
     out = fk.conv_transpose2d_crop(
@@ -87,11 +89,11 @@ def check(
     assert_close(out, ref, dtype, **tol)
     if grad == "random":
         g = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
-        got = torch.autograd.grad(out, ins, g.to(device))
+        got = torch.autograd.grad(out, [t for t in ins if t.requires_grad], g.to(device))
     else:  # out.sum(): an expanded (stride 0) gradient
         g = torch.ones(ref.shape, dtype=dtype)
-        got = torch.autograd.grad(out.sum(), ins)
-    want = torch.autograd.grad(ref, leaves, g.double())
+        got = torch.autograd.grad(out.sum(), [t for t in ins if t.requires_grad])
+    want = torch.autograd.grad(ref, [r for r, t in zip(leaves, ins) if t.requires_grad], g.double())
     gtol = {k: v * scale * 5 for k, v in TOL[dtype].items()}
     for a, r in zip(got, want):
         assert_close(a, r, dtype, **gtol)
@@ -118,11 +120,22 @@ def square_weight(c, k, groups=1, diag=True):
 )
 @pytest.mark.parametrize("off", [5, 9, 27, 31])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_fcn_bilinear(gdev, k, s, hw, off, dtype):
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "trained"])
+def test_fcn_bilinear(gdev, k, s, hw, off, dtype, frozen):
+    """Frozen (FCN's upscore8): the gather; trained (upscore2): the dense path."""
     w = fk.bilinear_kernel(5, k, dtype=torch.float64)
     full = full_size(hw, (k, k), dict(stride=s))
     size = (min(full[0] - off, 40), min(full[1] - off - 1, 45))
-    check(gdev, rand(2, 5, *hw), w, offset=(off, off + 1), size=size, dtype=dtype, stride=s)
+    check(
+        gdev,
+        rand(2, 5, *hw),
+        w,
+        offset=(off, off + 1),
+        size=size,
+        dtype=dtype,
+        stride=s,
+        frozen=frozen,
+    )
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
@@ -145,6 +158,7 @@ def test_diagonal_groups_dilation_bias(gdev, layout, dtype):
         dilation=(2, 1),
         groups=2,
         output_padding=(1, 0),
+        frozen=True,
     )
 
 
@@ -177,6 +191,7 @@ def test_square_but_dense(gdev, layout):
         layout=layout,
         stride=2,
         groups=2,
+        frozen=True,
     )
 
 
@@ -191,7 +206,7 @@ def test_one_entry_off_the_diagonal(gdev, where):
         "below": (2, 0, 2, 0),
     }[where]
     w[pos] = 0.75
-    check(gdev, rand(1, 6, 5, 6), w, offset=(1, 2), size=(8, 9), stride=2, groups=2)
+    check(gdev, rand(1, 6, 5, 6), w, offset=(1, 2), size=(8, 9), stride=2, groups=2, frozen=True)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -214,7 +229,31 @@ def test_tiny_off_diagonal_entry_is_kept(gdev):
     w[1, 2, 3, 0] = 1e-30
     x = rand(1, 4, 6, 6)
     x[0, 1] = 1e30
-    check(gdev, x, w, offset=(1, 1), size=(10, 10), stride=2)
+    check(gdev, x, w, offset=(1, 1), size=(10, 10), stride=2, frozen=True)
+
+
+@pytest.mark.parametrize(
+    "shape,where",
+    [
+        ((21, 16), None),  # FCN's upscore8 weight: 441 filters of 256 taps, several per thread
+        ((21, 16), (20, 19, 15, 15)),
+        ((21, 16), (0, 20, 0, 0)),
+        ((21, 16), (13, 2, 7, 3)),
+        ((384, 1), None),  # 1x1 taps, 3 groups of 128: 49152 filters, more rows than threads
+        ((384, 1), (383, 126, 0, 0)),
+        ((384, 1), (129, 0, 0, 0)),
+    ],
+)
+def test_diagonal_check_many_filters(gdev, shape, where):
+    """The check's row stepping (ci, j, ci mod cin_g without division) over weights with
+    more filters than its threads; the copy of every diagonal filter."""
+    c, k = shape
+    groups = 3 if c == 384 else 1
+    w = square_weight(c, (k, k), groups=groups)
+    if where is not None:
+        w[where] = 0.5
+    x = rand(1, c, 3, 2)
+    check(gdev, x, w, offset=(1, 0), stride=2, groups=groups, frozen=True)
 
 
 # ---- the dense path: ATen's convolution computing only the crop ---------------------
@@ -294,6 +333,7 @@ def test_gather_crops(gdev, crop, diag):
         rand(4),
         offset=off,
         size=size,
+        frozen=True,
         **kw,
     )
 
@@ -320,9 +360,10 @@ def test_int64_index_kernels(gdev, case):
             stride=2,
             groups=groups,
             layout="channels_last",
+            frozen=True,
             **crop,
         )
-        check(gdev, rand(1, 4, 5, 6), w, offset=(0, 1), stride=2, groups=groups)
+        check(gdev, rand(1, 4, 5, 6), w, offset=(0, 1), stride=2, groups=groups, frozen=True)
 
 
 def test_weight_gradient_in_slices(gdev):
@@ -368,7 +409,17 @@ def test_expanded_gradient(gdev, weight):
         "square_dense": square_weight(3, (4, 4), diag=False),
         "dense": rand(3, 2, 4, 4),
     }[weight]
-    check(gdev, rand(2, 3, 5, 6), w, offset=(2, 1), size=(8, 9), stride=2, grad="sum")
+    for frozen in (True, False):
+        check(
+            gdev,
+            rand(2, 3, 5, 6),
+            w,
+            offset=(2, 1),
+            size=(8, 9),
+            stride=2,
+            grad="sum",
+            frozen=frozen,
+        )
     g = torch.ones((), dtype=torch.float64).expand(2, w.shape[1], 8, 9).to(gdev)
     gx = OPS.conv_transpose2d_crop_backward_input(
         g, w.to(gdev), [2, 3, 5, 6], [2, 2], [0, 0], 1, [1, 1], [2, 1]
@@ -395,26 +446,37 @@ def test_no_host_sync_under_capture(gdev):
         pytest.skip("real capture is covered by the GPU check script")
     with emulated_capture():
         for w in (fk.bilinear_kernel(3, 4, dtype=torch.float64), rand(3, 2, 4, 4)):
-            check(gdev, rand(1, 3, 5, 5), w, offset=(1, 1), size=(8, 8), stride=2)
+            check(gdev, rand(1, 3, 5, 5), w, offset=(1, 1), size=(8, 8), stride=2, frozen=True)
 
 
-def test_deterministic_bits(gdev):
+@pytest.mark.parametrize("frozen", [True, False], ids=["gather", "dense"])
+def test_deterministic_bits(gdev, frozen):
     x, w = rand(2, 6, 9, 8), square_weight(6, (4, 4), groups=2, diag=False)
     runs = []
     for _ in range(2):
         torch.manual_seed(1)
         runs.append(
-            check(gdev, x, w, offset=(2, 2), size=(14, 12), stride=2, groups=2, dtype=torch.float32)
+            check(
+                gdev,
+                x,
+                w,
+                offset=(2, 2),
+                size=(14, 12),
+                stride=2,
+                groups=2,
+                dtype=torch.float32,
+                frozen=frozen,
+            )
         )
     assert torch.equal(runs[0][0], runs[1][0])
     for a, b in zip(runs[0][1], runs[1][1]):
         assert torch.equal(a, b)
 
 
-def test_cached_diagonal_check_follows_the_weight(gdev):
-    # The GPU host code keeps the diagonal check of a weight it has seen (FCN's frozen
-    # upsampling weights). Every change must be seen: an in-place write (version bump),
-    # a new tensor at the same values, `.data` replaced, another dtype.
+def test_diagonal_check_follows_the_weight(gdev):
+    # The diagonal check runs on every call (nothing cached): every change is seen, an
+    # in-place write, `.data` replaced, another dtype, an inference tensor
+    # (tests/test_deconv_stale_weight.py: writes that do not bump the version).
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=gdev)
     w = fk.bilinear_kernel(3, 4, dtype=torch.float64, device=gdev)
     kw = dict(stride=2, offset=(1, 1), size=(9, 8))
@@ -422,7 +484,7 @@ def test_cached_diagonal_check_follows_the_weight(gdev):
     def ref(weight):
         return reference(x, weight.double(), None, dict(stride=2), (1, 1), (9, 8))
 
-    for _ in range(2):  # second call: a cache hit
+    for _ in range(2):
         assert_close(fk.conv_transpose2d_crop(x, w, **kw), ref(w))
     with torch.no_grad():
         w[0, 2, 1, 1] = 0.75  # now off the diagonal: the flag must be raised again

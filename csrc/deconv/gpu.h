@@ -6,15 +6,21 @@
 // values, which would need a host sync):
 // * gather (square channel blocks, cin_g == cout_g, with few multiply-adds per output,
 //   not trained unless depthwise: FCN's fixed 21->21 upsampling weights, depthwise
-//   ones; see use_gather): a tiny kernel decides on the
-//   device whether the weight is channel-diagonal (DiagCheckKernel), and the gather
-//   kernels read that flag: one channel per output (diagonal) or the group's cin_g.
+//   ones; see use_gather): a small kernel decides on the device, on every call,
+//   whether the weight is channel-diagonal (DiagCheckKernel; nothing is cached, as a
+//   write through `.data` or an alias would leave a cache stale), and the gather
+//   kernels read its flags: one channel per output (diagonal) or the group's cin_g.
 //   Deterministic always (no atomics; the weight gradient is a fixed-order tree).
 // * dense (anything else): ATen's convolution (cuDNN on a GPU) arranged so that its
 //   output is the crop, the padding raised by m = min(offset, tail) per axis so that
 //   the uncropped map is never computed; the gradients likewise. Its determinism
 //   follows torch's settings (under torch.use_deterministic_algorithms(True) cuDNN
 //   picks deterministic algorithms).
+// Variants chosen at run time (deconv/variant.h): float16/bfloat16 on the dense path
+// instead of the gather (FCN_KERNELS_DECONV_LOWP=cudnn), and the gather path's input
+// gradient by a shared-memory tile kernel (FCN_KERNELS_DECONV_GRAD_INPUT=tile,
+// deconv/gpu_tile.h). Each path is named in the profiler (RECORD_FUNCTION
+// "fcn_kernels::deconv_<op>_<path>"), so a trace or a test can tell which one ran.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -25,11 +31,10 @@
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <array>
-#include <deque>
-#include <mutex>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -37,6 +42,8 @@
 
 #include "deconv/args.h"
 #include "deconv/gpu_kernels.h"
+#include "deconv/gpu_tile.h"
+#include "deconv/variant.h"
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
@@ -67,9 +74,12 @@ inline bool gather_fits(int64_t cin_g, int64_t cout_g, int64_t KH, int64_t KW,
 // learned square weights are dense in practice (FCN's upscore2 / upscore_pool4 start
 // as the bilinear filter and leave the diagonal at the first step), and there cuDNN
 // wins. FCN's fixed upsampling weights are frozen. Only speed depends on this choice.
+// With FCN_KERNELS_DECONV_LOWP=cudnn, float16/bfloat16 take the dense path (tensor cores).
 inline bool use_gather(const at::Tensor& weight, int64_t cin_g, int64_t cout_g, int64_t KH,
-                       int64_t KW, at::IntArrayRef stride, at::IntArrayRef dilation) {
+                       int64_t KW, at::IntArrayRef stride, at::IntArrayRef dilation,
+                       const Variants& variants, at::ScalarType dtype) {
   if (cin_g > 1 && weight.requires_grad()) return false;
+  if (variants.lowp_cudnn && (dtype == at::kHalf || dtype == at::kBFloat16)) return false;
   return gather_fits(cin_g, cout_g, KH, KW, stride, dilation);
 }
 
@@ -179,73 +189,35 @@ Dim gather_grid(Geom<index_t>& q, int64_t N, int64_t C, int64_t H, int64_t W,
   return grid;
 }
 
-// The gather paths' view of the weight: null flag and the weight itself for depthwise
-// weights, else the device flag (raised when not diagonal) and the diagonal filters.
+// The gather paths' view of the weight: no flags and the weight itself for depthwise
+// weights, else DiagCheckKernel's flags (on the device, launched on every call: see
+// there) and the diagonal filters, in one allocation (flags first, 16-byte aligned).
 template <typename L>
-std::pair<at::Tensor, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
-  if (cin_g == 1) return {at::Tensor(), w};
-  at::Tensor flag = at::zeros({1}, w.options().dtype(at::kInt));
-  at::Tensor wd = at::empty({w.size(0), w.size(2), w.size(3)}, w.options());
-  const int64_t numel = w.numel();
+std::pair<const uint8_t*, at::Tensor> diagonal_check(const at::Tensor& w, int64_t cin_g) {
+  if (cin_g == 1) return {nullptr, w};
+  const int64_t rows = w.size(0) * cin_g, KK = w.size(2) * w.size(3);
+  const int64_t flag_elems = kDiagBlocks / w.element_size();
+  at::Tensor buf = at::empty({flag_elems + w.size(0) * KK}, w.options());
+  uint8_t* flags = static_cast<uint8_t*>(buf.mutable_data_ptr());
+  at::Tensor wd = buf.narrow(0, flag_elems, w.size(0) * KK);
+  // Threads along the taps: the power of two >= KK (at most all of them), the rest of
+  // the block along the rows.
+  uint32_t tx = 1;
+  while (tx < KK && tx < uint32_t(kDiagThreads)) tx *= 2;
+  const Dim block{tx, uint32_t(kDiagThreads) / tx, 1};
+  const int64_t step = int64_t(kDiagBlocks) * block.y;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, w.scalar_type(), "deconv_diag_check", [&] {
-        with_index_type(fits_int32({numel}), [&](auto zero) {
+        with_index_type(fits_int32({w.numel()}), [&](auto zero) {
           using index_t = decltype(zero);
-          L::launch("deconv_diag_check", Dim{ceil_div_u32(numel, 256), 1, 1}, Dim{256, 1, 1}, 0,
+          L::launch("deconv_diag_check", Dim{kDiagBlocks, 1, 1}, block, kDiagThreads * sizeof(int),
                     DiagCheckKernel<scalar_t, index_t>{
-                        w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(),
-                        flag.mutable_data_ptr<int>(), index_t(numel),
-                        index_t(w.size(2) * w.size(3)), index_t(cin_g)});
+                        w.const_data_ptr<scalar_t>(), wd.mutable_data_ptr<scalar_t>(), flags,
+                        index_t(rows), index_t(KK), index_t(cin_g), index_t(step / cin_g),
+                        index_t((step / cin_g) % cin_g), index_t(step % cin_g)});
         });
       });
-  return {flag, wd};
-}
-
-// The diagonal check of a fixed weight (FCN's frozen upsampling filters) gives the same
-// answer on every call: the last few results are kept per weight tensor (held weakly,
-// so a freed tensor never matches), version (bumped by every in-place change), data
-// pointer, dtype and stream, and reused. Nothing is cached for inference tensors (no
-// version counter) or while a CUDA graph is being captured.
-struct DiagCheckEntry {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
-  int64_t version, stream;
-  const void* data;
-  at::ScalarType dtype;
-  std::pair<at::Tensor, at::Tensor> result;
-};
-
-template <typename L>
-std::pair<at::Tensor, at::Tensor> cached_diagonal_check(const at::Tensor& weight,
-                                                        const at::Tensor& w, int64_t cin_g) {
-  if (cin_g == 1) return diagonal_check<L>(w, cin_g);
-  static std::mutex mutex;
-  // Never destroyed: device tensors must not be freed by static destructors at exit.
-  static auto* entries = new std::deque<DiagCheckEntry>();
-  constexpr size_t kEntries = 8;
-  const bool cacheable = !weight.is_inference() && !L::capturing();
-  int64_t version = 0, stream = 0;
-  if (cacheable) {
-    version = weight._version();
-    stream = L::stream_key();
-    std::lock_guard<std::mutex> lock(mutex);
-    for (const DiagCheckEntry& e : *entries) {
-      if (e.version == version && e.stream == stream && e.data == weight.const_data_ptr() &&
-          e.dtype == weight.scalar_type() &&
-          e.weight.lock().get() == weight.unsafeGetTensorImpl()) {
-        return e.result;
-      }
-    }
-  }
-  auto result = diagonal_check<L>(w, cin_g);
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(mutex);
-    entries->push_front(
-        DiagCheckEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-                           weight.getIntrusivePtr()),
-                       version, stream, weight.const_data_ptr(), weight.scalar_type(), result});
-    if (entries->size() > kEntries) entries->pop_back();
-  }
-  return result;
+  return {flags, wd};
 }
 
 // ---------------------------------------------------------------------------------
@@ -329,7 +301,7 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
                                      at::IntArrayRef size) {
   check_deconv_forward(self, weight, bias_opt, stride, padding, output_padding, groups, dilation,
                        offset, size);
-  typename L::Guard guard(self.device());
+  typename L::Guard device_guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), Cout = cout_g * groups;
   const int64_t KH = weight.size(2), KW = weight.size(3);
@@ -343,13 +315,16 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
     return bias.defined() ? y.add_(bias.view({1, Cout, 1, 1})) : y;
   }
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
+  const Variants variants = read_variants();
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation, variants, self.scalar_type())) {
+    RECORD_FUNCTION("fcn_kernels::deconv_forward_dense", std::vector<c10::IValue>());
     return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
                          dilation, offset, size, fmt);
   }
-  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
-  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
+  RECORD_FUNCTION("fcn_kernels::deconv_forward_gather", std::vector<c10::IValue>());
   at::Tensor y = at::empty({N, Cout, size[0], size[1]}, opts);
   const bool small = fits_int32(
       {element_span(self), y.numel(), w.numel(),
@@ -382,7 +357,7 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                                                     at::IntArrayRef offset) {
   check_deconv_backward_input(grad_output, weight, input_size, stride, padding, groups, dilation,
                               offset);
-  typename L::Guard guard(grad_output.device());
+  typename L::Guard device_guard(grad_output.device());
   const int64_t N = input_size[0], Cin = input_size[1], cin_g = Cin / groups;
   const int64_t cout_g = weight.size(1), KH = weight.size(2), KW = weight.size(3);
   const int64_t OH = grad_output.size(2), OW = grad_output.size(3);
@@ -391,7 +366,10 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
   if (gx.numel() == 0) return gx;
   if (OH == 0 || OW == 0) return gx.zero_();
   const at::Tensor w = weight.contiguous();
-  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation)) {
+  const Variants variants = read_variants();
+  if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation, variants,
+                  grad_output.scalar_type())) {
+    RECORD_FUNCTION("fcn_kernels::deconv_backward_input_dense", std::vector<c10::IValue>());
     const DenseAxes r = dense_axes(input_size.slice(2), grad_output.sizes().slice(2),
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
@@ -401,9 +379,15 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                         r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
     return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
   }
-  const std::pair<at::Tensor, at::Tensor> fw = cached_diagonal_check<L>(weight, w, cin_g);
+  const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
+  const uint8_t* offdiag = fw.first;
   const at::Tensor& wd = fw.second;
-  const int* offdiag = fw.first.defined() ? fw.first.const_data_ptr<int>() : nullptr;
+  const int64_t tile_ty = variants.grad_input_tile
+                              ? tile_rows(KH, KW, stride, dilation, grad_output.element_size())
+                              : 0;
+  RECORD_FUNCTION(tile_ty > 0 ? "fcn_kernels::deconv_backward_input_tile"
+                              : "fcn_kernels::deconv_backward_input_gather",
+                  std::vector<c10::IValue>());
   const bool small = fits_int32(
       {element_span(grad_output), gx.numel(), w.numel(),
        coord_extent(input_size[2], OH, KH, stride[0], padding[0], dilation[0], offset[0]),
@@ -416,12 +400,16 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
           Geom<index_t> q =
               gather_geom<index_t>(input_size.slice(2), grad_output.sizes().slice(2), KH, KW, cin_g,
                                    cout_g, stride, padding, dilation, offset, grad_output, gx);
-          const Dim grid = gather_grid<L>(q, N, Cin, input_size[2], input_size[3], fmt);
-          L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0,
-                    BackwardInputKernel<scalar_t, index_t>{grad_output.const_data_ptr<scalar_t>(),
-                                                           w.const_data_ptr<scalar_t>(),
-                                                           wd.const_data_ptr<scalar_t>(), offdiag,
-                                                           gx.mutable_data_ptr<scalar_t>(), q});
+          BackwardInputKernel<scalar_t, index_t> k{
+              grad_output.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+              wd.const_data_ptr<scalar_t>(),          offdiag,
+              gx.mutable_data_ptr<scalar_t>(),        q};
+          if (tile_ty > 0) {
+            launch_tile_grad_input<L>(k, N, Cin, tile_ty);
+            return;
+          }
+          const Dim grid = gather_grid<L>(k.q, N, Cin, input_size[2], input_size[3], fmt);
+          L::launch("deconv_backward_input", grid, Dim{kThreadsX, kThreadsY, 1}, 0, k);
         });
       });
   return gx;
@@ -444,7 +432,7 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
     at::IntArrayRef offset) {
   check_deconv_backward_weight(grad_output, self, weight_size, stride, padding, groups, dilation,
                                offset);
-  typename L::Guard guard(self.device());
+  typename L::Guard device_guard(self.device());
   const int64_t N = self.size(0), Cin = self.size(1), cin_g = Cin / groups;
   const int64_t cout_g = weight_size[1], KH = weight_size[2], KW = weight_size[3];
   const int64_t numel = Cin * cout_g * KH * KW;

@@ -106,8 +106,28 @@ FK_HD acc_t tap_sum(acc_t acc, const scalar_t* src, const scalar_t* filt, const 
   return acc;
 }
 
+// DiagCheckKernel's launch: kDiagBlocks blocks of kDiagThreads threads, one flag byte
+// per block.
+constexpr int kDiagBlocks = 128, kDiagThreads = 256, kDiagLevels = 8;  // 2^8 threads
+
+// The gather kernels' test of DiagCheckKernel's flags (null: a depthwise weight). On
+// the device 8 16-byte loads of the same addresses for every lane (L1 broadcasts).
+FK_HD bool diagonal_of_flags(const uint8_t* offdiag) {
+  if (offdiag == nullptr) return true;
+#ifdef __CUDA_ARCH__
+  const uint4* v = reinterpret_cast<const uint4*>(offdiag);
+  unsigned any = 0;
+#pragma unroll
+  for (int i = 0; i < kDiagBlocks / 16; ++i) any |= v[i].x | v[i].y | v[i].z | v[i].w;
+#else
+  unsigned any = 0;
+  for (int i = 0; i < kDiagBlocks; ++i) any |= offdiag[i];
+#endif
+  return any == 0;
+}
+
 // y[n, co, oh, ow] = bias[co] + sum_{ci, ky, kx} x[n, ci, iy, ix] * w[ci, j, ky, kx].
-// offdiag: device flag of DiagCheckKernel (null: the weight is depthwise). While it is
+// offdiag: DiagCheckKernel's flags (null: the weight is depthwise). While they are all
 // 0 the channel loop is the one channel co (weight wd[co, ky, kx]); otherwise all
 // cin_g channels of co's group.
 template <typename scalar_t, typename index_t>
@@ -116,7 +136,7 @@ struct ForwardKernel {
   const scalar_t* w;
   const scalar_t* wd;
   const scalar_t* bias;
-  const int* offdiag;
+  const uint8_t* offdiag;
   scalar_t* y;
   Geom<index_t> q;
 
@@ -135,7 +155,7 @@ struct ForwardKernel {
     const index_t ow = q.V == 1 ? lin : lin / q.V;
     const index_t v = lin - ow * q.V;
     const Taps<index_t> tx = source_taps(ow, q.ax);
-    const bool diag = offdiag == nullptr || *offdiag == 0;
+    const bool diag = diagonal_of_flags(offdiag);
     const index_t KK = q.KH * q.KW;
     for (index_t oh = index_t(t.block.y) * index_t(t.block_dim.y) + index_t(t.thread.y);
          oh < q.ay.out; oh += index_t(t.grid.y) * index_t(t.block_dim.y)) {
@@ -172,7 +192,7 @@ struct BackwardInputKernel {
   const scalar_t* grad;
   const scalar_t* w;
   const scalar_t* wd;
-  const int* offdiag;
+  const uint8_t* offdiag;
   scalar_t* gx;
   Geom<index_t> q;
 
@@ -184,6 +204,20 @@ struct BackwardInputKernel {
                    q.rs[3], q.KW);
   }
 
+  // gx at input channel ci of the plane gn of image n, for taps (ty, tx).
+  template <typename acc_t>
+  FK_HD acc_t pixel(const scalar_t* gn, index_t ci, const Taps<index_t>& ty,
+                    const Taps<index_t>& tx, bool diag) const {
+    const index_t KK = q.KH * q.KW;
+    if (diag) return taps(acc_t(0), gn + ci * q.rs[1], wd + ci * KK, ty, tx);
+    acc_t acc = acc_t(0);
+    const index_t grp = ci / q.cin_g;
+    for (index_t j = 0; j < q.cout_g; ++j) {
+      acc = taps(acc, gn + (grp * q.cout_g + j) * q.rs[1], w + (ci * q.cout_g + j) * KK, ty, tx);
+    }
+    return acc;
+  }
+
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
     const index_t lin = index_t(t.block.x) * index_t(t.block_dim.x) + index_t(t.thread.x);
@@ -191,25 +225,14 @@ struct BackwardInputKernel {
     const index_t ix = q.V == 1 ? lin : lin / q.V;
     const index_t v = lin - ix * q.V;
     const Taps<index_t> tx = target_taps(ix, q.ax);
-    const bool diag = offdiag == nullptr || *offdiag == 0;
-    const index_t KK = q.KH * q.KW;
+    const bool diag = diagonal_of_flags(offdiag);
     for (index_t iy = index_t(t.block.y) * index_t(t.block_dim.y) + index_t(t.thread.y);
          iy < q.ay.in; iy += index_t(t.grid.y) * index_t(t.block_dim.y)) {
       const Taps<index_t> ty = target_taps(iy, q.ay);
       index_t n = index_t(t.block.z) / q.cq, c = index_t(t.block.z) - n * q.cq;
       for (index_t p = t.block.z; p < q.Q; p += index_t(t.grid.z)) {
         const index_t ci = v + c;
-        acc_t acc = acc_t(0);
-        const scalar_t* gn = grad + n * q.rs[0];
-        if (diag) {
-          acc = taps(acc, gn + ci * q.rs[1], wd + ci * KK, ty, tx);
-        } else {
-          const index_t grp = ci / q.cin_g;
-          for (index_t j = 0; j < q.cout_g; ++j) {
-            acc = taps(acc, gn + (grp * q.cout_g + j) * q.rs[1], w + (ci * q.cout_g + j) * KK, ty,
-                       tx);
-          }
-        }
+        const acc_t acc = pixel<acc_t>(grad + n * q.rs[0], ci, ty, tx, diag);
         gx[n * q.ws[0] + ci * q.ws[1] + iy * q.ws[2] + ix * q.ws[3]] = static_cast<scalar_t>(acc);
         c += q.step_c;
         n += q.step_n;
@@ -222,28 +245,58 @@ struct BackwardInputKernel {
   }
 };
 
-// Whether the weight is channel-diagonal, decided on the device (no host sync, so
-// CUDA-graph capture works): raises *offdiag (zeroed by the host before) for any
-// non-zero entry off the diagonal of a group's square (cin_g x cin_g) block, NaN and
-// Inf included, and copies the diagonal to wd[ci, ky, kx] for the diagonal loops.
+// Whether the weight is channel-diagonal, decided on the device on every call: no host
+// sync (CUDA-graph capture works) and nothing kept between calls, so a write that does
+// not bump the weight's version (`.data`, NumPy or DLPack aliases) is always seen.
+// Block b sets offdiag[b] (so no zeroing launch is needed) to 1 when its share holds a
+// non-zero entry (NaN and Inf included) off the diagonal of a group's square
+// (cin_g x cin_g) block, else 0, through a fixed shared-memory OR tree; the diagonal is
+// copied to wd[ci, ky, kx] for the diagonal loops. The gather kernels OR the flags
+// (diagonal_of_flags). Threads: x along a filter's KK taps (coalesced), y and the
+// blocks over the rows = Cin * cin_g filters, whose (ci, j, ci mod cin_g) are stepped
+// without division (a step of `step` rows = step_q * cin_g + step_r).
 template <typename scalar_t, typename index_t>
 struct DiagCheckKernel {
+  static constexpr int kPhases = 1 + kDiagLevels;
   const scalar_t* w;
   scalar_t* wd;
-  int* offdiag;
-  index_t numel, KK, cin_g;
+  uint8_t* offdiag;                                  // kDiagBlocks flags
+  index_t rows, KK, cin_g, step_q, step_qm, step_r;  // step_qm = step_q mod cin_g
 
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const index_t idx = index_t(t.block.x) * index_t(t.block_dim.x) + index_t(t.thread.x);
-    if (idx >= numel) return;
-    const index_t tap = idx % KK, r = idx / KK;
-    const index_t ci = r / cin_g, j = r - ci * cin_g;  // weight (Cin, cin_g, KH, KW)
-    if (j == ci % cin_g) {
-      wd[ci * KK + tap] = w[idx];
-    } else if (static_cast<acc_t>(w[idx]) != acc_t(0)) {
-      raise_flag(offdiag);
+    int* sm = reinterpret_cast<int*>(t.smem);
+    const int tid = int(t.thread.y * t.block_dim.x + t.thread.x);
+    if (t.phase > 0) {  // level `phase` of the tree: halves the live entries
+      const int half = kDiagThreads >> t.phase;
+      if (tid < half) sm[tid] |= sm[tid + half];
+      if (t.phase == kDiagLevels && tid == 0) offdiag[t.block.x] = uint8_t(sm[0]);
+      return;
     }
+    int any = 0;
+    index_t r = index_t(t.block.x) * index_t(t.block_dim.y) + index_t(t.thread.y);
+    index_t ci = r / cin_g, j = r - ci * cin_g, cm = ci % cin_g;  // row r = (ci, j)
+    const index_t step = index_t(t.grid.x) * index_t(t.block_dim.y);
+    for (; r < rows; r += step) {
+      const scalar_t* row = w + r * KK;
+      if (j == cm) {
+        for (index_t k = t.thread.x; k < KK; k += index_t(t.block_dim.x)) wd[ci * KK + k] = row[k];
+      } else {
+        for (index_t k = t.thread.x; k < KK; k += index_t(t.block_dim.x)) {
+          any |= static_cast<acc_t>(row[k]) != acc_t(0);
+        }
+      }
+      j += step_r;
+      ci += step_q;
+      cm += step_qm;
+      if (j >= cin_g) {
+        j -= cin_g;
+        ++ci;
+        ++cm;
+      }
+      if (cm >= cin_g) cm -= cin_g;
+    }
+    sm[tid] = any;
   }
 };
 
