@@ -197,7 +197,9 @@ def test_gpu_check_keeps_within_its_budget(tmp_path):
 # ---- the emulated launcher's racecheck and thread orders -----------------------------
 
 RACY = {
-    "raw": "read after write|write after read",  # a sum without its barrier
+    # a sum without its barrier (in an order where the summing thread runs first, it
+    # reads words nobody has written yet)
+    "raw": "read after write|write after read|no thread of this block has written",
     "war": "write after read|read after write",  # s[i] += s[i + 1] in place
     "waw": "write after write",  # every thread stores s[0]
 }
@@ -227,6 +229,20 @@ def test_racecheck_passes_a_correct_kernel(order):
     with thread_order(order, seed=5), racecheck():
         out = torch.ops.fcn_kernels_emu._launch_self_test(3, 96, 96 * 8)
     assert torch.equal(out, torch.arange(3 * 96).view(3, 96).sum(1))
+
+
+def test_shared_memory_starts_poisoned_and_unwritten_reads_are_reported():
+    # A GPU's shared memory holds whatever the previous block left; the emulator fills
+    # it with 0xFF bytes (an int64 -1, a float NaN) so a read of an unwritten word never
+    # passes by luck, and the racecheck names it.
+    from fcn_kernels.testing import racecheck
+
+    emu = torch.ops.fcn_kernels_emu
+    n = 64
+    written = torch.arange(3 * n).view(3, n)[:, : n - 1].sum(1)
+    assert torch.equal(emu._launch_self_test(3, n, n * 8, "uninit"), written - 1)
+    with racecheck(), pytest.raises(RuntimeError, match="no thread of this block has written"):
+        emu._launch_self_test(3, n, n * 8, "uninit")
 
 
 def test_racecheck_reports_shared_memory_out_of_bounds():

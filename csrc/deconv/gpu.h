@@ -447,7 +447,9 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
   if (cin_g != 1 || !gather_fits(cin_g, cout_g, KH, KW, stride, dilation)) {
     const DenseAxes r = dense_axes(self.sizes().slice(2), grad_output.sizes().slice(2),
                                    weight_size.slice(2), stride, padding, dilation, offset);
-    const at::Tensor w_like = at::empty(weight_size, self.options());  // sizes only
+    // Only the weight's sizes matter, but ATen's CPU bfloat16 kernel (torch 2.14.1,
+    // AVX-512) reads its values in some geometries: zeros, never uninitialized memory.
+    const at::Tensor w_like = at::zeros(weight_size, self.options());
     const auto grads = at::convolution_backward(
         dense_operand<L>(dense_grad(grad_output, r)), dense_operand<L>(self), w_like, std::nullopt,
         stride, r.pad, dilation,
@@ -481,12 +483,10 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
           k.S = index_t(S);
           set_strides(k.gs, grad_output);
           set_strides(k.xs, self);
-          L::launch("deconv_backward_weight",
-                    Dim{static_cast<uint32_t>(numel), static_cast<uint32_t>(S), 1},
-                    Dim{kWgradX, kWgradY, 1}, kWgradThreads * sizeof(acc_t), k);
+          L::launch("deconv_backward_weight", Extent{numel, S}, Extent{kWgradX, kWgradY},
+                    kWgradThreads * sizeof(acc_t), k);
           if (S > 1) {
-            L::launch("deconv_backward_weight_finish", Dim{ceil_div_u32(numel, 256), 1, 1},
-                      Dim{256, 1, 1}, 0,
+            L::launch("deconv_backward_weight_finish", Extent{ceil_div(numel, 256)}, Extent{256}, 0,
                       WeightGradFinishKernel<scalar_t, index_t>{partial.const_data_ptr<acc_t>(),
                                                                 gw.mutable_data_ptr<scalar_t>(),
                                                                 index_t(numel), index_t(S)});

@@ -265,7 +265,7 @@ struct DiagCheckKernel {
 
   FK_HD void operator()(const Thread& t) const {
     using acc_t = at::opmath_type<scalar_t>;
-    int* sm = reinterpret_cast<int*>(t.smem);
+    const auto sm = t.shared<int>();
     const int tid = int(t.thread.y * t.block_dim.x + t.thread.x);
     if (t.phase > 0) {  // level `phase` of the tree: halves the live entries
       const int half = kDiagThreads >> t.phase;

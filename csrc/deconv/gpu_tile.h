@@ -77,7 +77,7 @@ struct TileGradInputKernel {
     const index_t ox0 = bx * kTileX * q.ax.s - q.ax.p - q.ax.off;
     const index_t s = q.ax.s, pitch = s * Ws;
     const bool diag = diagonal_of_flags(g.offdiag);
-    scalar_t* sm = reinterpret_cast<scalar_t*>(t.smem);
+    const auto sm = t.shared<scalar_t>();
     const scalar_t* gp = g.grad + n * q.rs[0] + ci * q.rs[1];  // diagonal: plane ci
     if (t.phase == 0) {
       if (!diag) return;
@@ -86,7 +86,7 @@ struct TileGradInputKernel {
       const index_t c0 = (ox0 < 0 ? -ox0 : index_t(0)) + tx;
       for (index_t r = (oy0 < 0 ? -oy0 : index_t(0)) + ty; r < r1; r += TY) {
         const scalar_t* src = gp + (oy0 + r) * q.rs[2] + ox0 * q.rs[3];
-        scalar_t* dst = sm + r * pitch;
+        const auto dst = sm + r * pitch;
         index_t ph = c0 % s, qt = c0 / s;
         for (index_t c = c0; c < c1; c += kTileX) {
           dst[ph * Ws + qt] = src[c * q.rs[3]];
@@ -110,7 +110,7 @@ struct TileGradInputKernel {
       const index_t idx0 = (c % s) * Ws + c / s;
       const scalar_t* filt = g.wd + ci * q.KH * q.KW + tyy.k0 * q.KW + txx.k0;
       for (index_t a = 0; a < tyy.n; ++a) {
-        const scalar_t* row = sm + (tyy.c0 - oy0 + a * q.ay.d) * pitch;
+        const auto row = sm + (tyy.c0 - oy0 + a * q.ay.d) * pitch;
         const scalar_t* fr = filt + a * q.KW;
         index_t ph = c % s, idx = idx0;
         if (d_r == 1) {
@@ -118,13 +118,13 @@ struct TileGradInputKernel {
           for (index_t b = 0; b < txx.n; ph = 0, idx += wrap) {
             const index_t end = imin(txx.n, b + s - ph);
             for (; b < end; ++b, idx += step) {
-              acc += static_cast<acc_t>(row[idx]) * static_cast<acc_t>(fr[b]);
+              acc += static_cast<acc_t>(scalar_t(row[idx])) * static_cast<acc_t>(fr[b]);
             }
           }
           continue;
         }
         for (index_t b = 0; b < txx.n; ++b) {
-          acc += static_cast<acc_t>(row[idx]) * static_cast<acc_t>(fr[b]);
+          acc += static_cast<acc_t>(scalar_t(row[idx])) * static_cast<acc_t>(fr[b]);
           ph += d_r;
           idx += step;
           if (ph >= s) {
@@ -164,10 +164,8 @@ void launch_tile_grad_input(BackwardInputKernel<scalar_t, index_t> g, int64_t N,
   k.P = index_t(P);
   const int64_t gy = std::min<int64_t>(P, kMaxGridYZ);
   const size_t smem = size_t(k.rows) * size_t(ax.s) * size_t(k.Ws) * sizeof(scalar_t);
-  L::launch("deconv_backward_input_tile",
-            Dim{static_cast<uint32_t>(tiles), static_cast<uint32_t>(gy),
-                static_cast<uint32_t>(std::min<int64_t>((P + gy - 1) / gy, kMaxGridYZ + 1))},
-            Dim{kTileX, static_cast<uint32_t>(ty), 1}, smem, k);
+  L::launch("deconv_backward_input_tile", Extent{tiles, gy, ceil_div(P, gy)}, Extent{kTileX, ty},
+            smem, k);
 }
 
 }  // namespace deconv_gpu

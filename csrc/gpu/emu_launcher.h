@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -38,15 +39,22 @@ EmuOptions& emu_options();
 std::atomic<int64_t>& emu_launch_count();
 
 // Per byte of a block's shared memory, in the current phase: the thread that wrote it
-// and up to two distinct threads that read it (-1: none), as linear thread indices.
+// and up to two distinct threads that read it (-1: none), as linear thread indices; and
+// whether any thread of the block has written it yet (a GPU's shared memory starts with
+// whatever the previous block left there, so reading an unwritten byte is an error).
 struct SmemCheck {
   const char* kernel;
   Dim block;
   size_t bytes;
   std::vector<int32_t> writer, reader1, reader2;
+  std::vector<bool> written;
 
   SmemCheck(const char* name, size_t n)
-      : kernel(name), bytes(n), writer(n), reader1(n), reader2(n) {}
+      : kernel(name), bytes(n), writer(n), reader1(n), reader2(n), written(n) {}
+  void new_block(const Dim& b) {
+    block = b;
+    std::fill(written.begin(), written.end(), false);
+  }
   void new_phase() {
     std::fill(writer.begin(), writer.end(), -1);
     std::fill(reader1.begin(), reader1.end(), -1);
@@ -86,7 +94,10 @@ struct EmuLauncher {
       for (int64_t b = b0; b < b1; ++b) {
         t.block = {static_cast<uint32_t>(b % grid.x), static_cast<uint32_t>((b / grid.x) % grid.y),
                    static_cast<uint32_t>(b / (int64_t(grid.x) * grid.y))};
-        if (check) check->block = t.block;
+        if (check) check->new_block(t.block);
+        // Poison, so that a read of shared memory nobody wrote gives NaN (float) or -1
+        // (int) in every run, as undefined as it is on a GPU, not a lucky zero.
+        if (smem > 0) std::memset(shared.get(), 0xFF, smem);
         for (int phase = 0; phase < PhasesOf<K>::value; ++phase) {
           t.phase = phase;
           if (check) check->new_phase();

@@ -13,9 +13,10 @@
 // body then runs n times per thread with t.phase = 0 .. n-1 and a block-wide barrier
 // between phases (the emulator runs each phase for all of a block's threads before the
 // next), sharing data only through t.shared<T>() (dynamic shared memory, zero-filled
-// by neither launcher). Under the emulator's racecheck (fcn_kernels.testing.racecheck())
-// every access through it is recorded, and a byte one thread wrote that another thread
-// reads or writes in the same phase (or one read that another writes) raises.
+// by neither launcher; the emulator fills it with 0xFF bytes, NaN as floats). Under the emulator's
+// racecheck (fcn_kernels.testing.racecheck()) every access through it is recorded, and a byte one
+// thread wrote that another thread reads or writes in the same phase (or one read that another
+// writes) raises.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -78,6 +79,7 @@ struct SharedRef {
   }
   FK_HD SharedRef& operator=(const SharedRef& other) { return *this = T(other); }
   FK_HD SharedRef& operator+=(T v) { return *this = T(*this) + v; }  // a read, then a write
+  FK_HD SharedRef& operator|=(T v) { return *this = T(*this) | v; }
 
   FK_HD void note(bool write) const {
 #ifndef __CUDA_ARCH__
@@ -92,6 +94,10 @@ struct SharedArray {
   const Thread* t;
   template <typename I>
   FK_HD SharedRef<T> operator[](I i) const {
+    return {p + i, t};
+  }
+  template <typename I>
+  FK_HD SharedArray operator+(I i) const {  // a row of it, still checked
     return {p + i, t};
   }
 };

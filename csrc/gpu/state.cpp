@@ -52,8 +52,10 @@ bool set_emu_capturing(bool capturing) {
 // * war:   phase 1 does s[i] += s[i + 1] in place: thread i reads a word that thread
 //          i + 1 writes in the same phase; phase 2 thread 0 sums (out[b]);
 // * waw:   every thread stores into s[0] in phase 0; phase 1 thread 0 copies it out;
+// * uninit: sum's kernel, but the last thread stores nothing: thread 0 reads a word no
+//          thread wrote (on a GPU whatever was there; in the emulator the 0xFF poison);
 // * order: no shared memory: out[b, 1 + i] = the rank at which thread i ran (phase 0).
-enum class SelfTest { kSum, kRaw, kWar, kWaw, kOrder };
+enum class SelfTest { kSum, kRaw, kWar, kWaw, kUninit, kOrder };
 
 struct SelfTestKernel {
   static constexpr int kPhases = 3;
@@ -73,11 +75,11 @@ struct SelfTestKernel {
       return acc;
     };
     if (t.phase == 0) {
-      s[mode == SelfTest::kWaw ? 0 : i] = b * n + i;
+      if (mode != SelfTest::kUninit || i != n - 1) s[mode == SelfTest::kWaw ? 0 : i] = b * n + i;
       if (mode == SelfTest::kRaw && i == n - 1) out[b] = sum();
     } else if (t.phase == 1) {
       if (mode == SelfTest::kWar && i + 1 < n) s[i] += s[i + 1];
-      if (mode == SelfTest::kSum && i == 0) out[b] = sum();
+      if ((mode == SelfTest::kSum || mode == SelfTest::kUninit) && i == 0) out[b] = sum();
       if (mode == SelfTest::kWaw && i == 0) out[b] = s[0];
     } else if (mode == SelfTest::kWar && i == 0) {
       out[b] = sum();
@@ -101,11 +103,9 @@ at::Tensor launch_self_test(int64_t grid, int64_t block, int64_t smem, c10::stri
                         static_cast<size_t>(smem), Nothing{});
     return at::empty({0}, opts);
   }
-  static const std::pair<const char*, SelfTest> modes[] = {{"sum", SelfTest::kSum},
-                                                           {"raw", SelfTest::kRaw},
-                                                           {"war", SelfTest::kWar},
-                                                           {"waw", SelfTest::kWaw},
-                                                           {"order", SelfTest::kOrder}};
+  static const std::pair<const char*, SelfTest> modes[] = {
+      {"sum", SelfTest::kSum}, {"raw", SelfTest::kRaw},       {"war", SelfTest::kWar},
+      {"waw", SelfTest::kWaw}, {"uninit", SelfTest::kUninit}, {"order", SelfTest::kOrder}};
   const auto m = std::find_if(std::begin(modes), std::end(modes),
                               [&](const auto& e) { return kernel == e.first; });
   TORCH_CHECK(m != std::end(modes), "launch_self_test: unknown kernel '", kernel, "'");
@@ -192,11 +192,14 @@ void smem_access(const Thread& t, const void* p, size_t bytes, bool write) {
       other = c.reader2[i];
       hazard = "write after read";
     }
+    TORCH_CHECK(write || c.written[i], "racecheck: ", where(), "reads shared-memory byte ", i,
+                " that no thread of this block has written (undefined on a GPU)");
     TORCH_CHECK(hazard == nullptr, "racecheck: ", where(), hazard, " hazard on shared-memory byte ",
                 i, " (", write ? "written" : "read", " here, accessed by thread ",
                 thread_name(bd, other), " in the same phase with no barrier between)");
     if (write) {
       c.writer[i] = me;
+      c.written[i] = true;
     } else if (c.reader1[i] < 0) {
       c.reader1[i] = me;
     } else if (c.reader1[i] != me && c.reader2[i] < 0) {
