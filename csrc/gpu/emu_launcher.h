@@ -11,12 +11,17 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <typeinfo>
 
 #include "gpu/launch.h"
 
 namespace fcn_kernels {
 
 bool& emu_capturing();  // test hook (gpu/state.cpp): pretend a CUDA graph is capturing
+// Test hook (gpu/state.cpp): while on, every launch records its kernel type, so tests can
+// check that a script (benches/gpu_smoke.py ops) runs every kernel of the binary.
+bool& emu_recording();
+void emu_record_launch(const std::type_info& kernel);
 
 struct EmuLauncher {
   static constexpr bool kEmulated = true;
@@ -27,6 +32,7 @@ struct EmuLauncher {
   template <typename K>
   static void launch(const char* name, Dim grid, Dim block, size_t smem, const K& kernel) {
     check_launch(grid, block, smem, name);
+    if (emu_recording()) emu_record_launch(typeid(K));
     const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
     const int64_t threads = int64_t(block.x) * block.y * block.z;
     const int64_t grain = std::max<int64_t>(1, 16384 / threads);
