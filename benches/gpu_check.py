@@ -83,6 +83,7 @@ REHEARSE_PACKAGES = [
     "torch==2.11.0",
     "triton==3.6.0",
     "setuptools==66.1.1",
+    "wheel",  # setuptools < 70.1 needs it for bdist_wheel; the GPU image has it
     "numpy",
     "pillow",
     "tqdm",

@@ -118,7 +118,7 @@ def test_without_gpu_skips_gpu_steps_and_writes_summary(tmp_path):
 
 def test_keeps_within_its_budget(tmp_path):
     # With no time left every step is recorded as skipped, none is started.
-    code = gpu_check.run_all(_ctx(tmp_path, gpu=True), budget=0)
+    code = gpu_check.run_all(_ctx(tmp_path, gpu=True, sanitizer="/cs"), budget=0)
     steps = json.loads((tmp_path / "summary.json").read_text())["steps"]
     assert code == 0 and [s["step"] for s in steps] == ORDER
     assert all(s["status"] == "skipped" for s in steps)
