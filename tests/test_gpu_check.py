@@ -351,3 +351,14 @@ def test_gpu_smoke_ops_runs_every_kernel_of_the_binary():
         launched = {_kernel_name(n) for n in emu._record_launches(False).splitlines()}
     missing = sorted(in_binary - launched)
     assert not missing, f"kernels gpu_smoke ops never runs: {missing}"
+
+
+def test_report_with_no_benchmarks_run_writes_an_empty_json(tmp_path):
+    # What the rehearsal's bench and variants steps see: every CUDA benchmark skipped.
+    out = tmp_path / "t.json"
+    args = ["-k", "cuda and ours and no_such_benchmark", "--quick", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benches.report", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(out.read_text()) == []
