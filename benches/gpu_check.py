@@ -234,9 +234,19 @@ def run_variants(ctx, log):
             log.write(f"$ {var}={value} {' '.join(cmd)}\n")
             log.flush()
             env = dict(os.environ, **{var: value})
-            proc = subprocess.run(
-                cmd, cwd=ctx["root"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=left
-            )
+            try:
+                proc = subprocess.run(
+                    cmd,
+                    cwd=ctx["root"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=left,
+                )
+            except subprocess.TimeoutExpired:  # keep what was timed
+                log.write(f"cut by the time limit during {var}={value}\n")
+                deadline = 0  # no time left for the rest
+                continue
             if proc.returncode != 0:
                 return proc.returncode
             with open(out) as f:
@@ -363,19 +373,21 @@ def rehearse_venv(base_python, log=print):
 
 
 def copy_tree(dest, root=ROOT):
-    """The files git would check out (tracked and untracked-not-ignored) into dest; a
-    build/ folder already there is kept, so a rerun builds incrementally."""
+    """The files git would check out (tracked and untracked-not-ignored) into dest. Other
+    files there are removed, except build outputs (build/, *.so): a rerun builds
+    incrementally, and --rehearse --no-build reuses the extension."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=root,
         capture_output=True,
         check=True,
     ).stdout.decode()
-    if os.path.isdir(dest):
-        for entry in os.listdir(dest):
-            if entry != "build":
-                p = os.path.join(dest, entry)
-                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    for dirpath, dirs, names in os.walk(dest):
+        if dirpath == dest and "build" in dirs:
+            dirs.remove("build")
+        for name in names:
+            if not name.endswith(".so"):
+                os.remove(os.path.join(dirpath, name))
     for rel in filter(None, files.split("\0")):
         src = os.path.join(root, rel)
         if not os.path.isfile(src):

@@ -250,10 +250,13 @@ def test_copy_tree_copies_what_git_would_and_keeps_build(tmp_path):
     (dest / "build").mkdir(parents=True)
     (dest / "build" / "obj.o").write_text("o")
     (dest / "stale.py").write_text("old")
+    (dest / "pkg").mkdir()
+    (dest / "pkg" / "_C.so").write_text("so")
     gpu_check.copy_tree(str(dest), str(src))
     assert (dest / "pkg" / "a.py").read_text() == "a" and (dest / "new.txt").exists()
     assert not (dest / "ignored").exists() and not (dest / "stale.py").exists()
     assert (dest / "build" / "obj.o").exists()  # incremental rebuilds
+    assert (dest / "pkg" / "_C.so").exists()  # --rehearse --no-build
 
 
 # -- gpu_smoke -------------------------------------------------------------------------
@@ -362,3 +365,24 @@ def test_report_with_no_benchmarks_run_writes_an_empty_json(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(out.read_text()) == []
+
+
+def test_run_variants_keeps_the_timings_made_before_a_time_out(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, cwd, env, stdout, stderr, timeout):
+        calls.append(1)
+        if len(calls) == 3:
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        with open(cmd[cmd.index("--json") + 1], "w") as f:
+            json.dump([{"name": "b1", "median": 0.001 * len(calls)}], f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    with open(tmp_path / "variants.log", "w") as log:
+        assert gpu_check.run_variants(_ctx(tmp_path, limit=100), log) == 0
+    timings = json.loads((tmp_path / "variants.json").read_text())
+    assert timings == {
+        "FCN_KERNELS_DECONV_GRAD_INPUT": {"gather": {"b1": 0.001}, "tile": {"b1": 0.002}}
+    }
+    assert "cut by the time limit" in (tmp_path / "variants.log").read_text()
