@@ -14,7 +14,7 @@ BUILT   := $(VENV)/.ext-built
 EXT     := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 SO      := fcn_kernels/_C$(EXT)
 
-.PHONY: demo test bench build deps clean gpu-check sass lint format
+.PHONY: demo test bench build deps clean gpu-check gpu-check-rehearse sass lint format
 demo: build
 	$(VENV)/bin/fcn demo $(ARGS)
 
@@ -25,10 +25,16 @@ bench: build
 	$(PY) -m benches.report $(ARGS)
 
 # On a lent GPU machine (its own python3 with torch; no package index): build for the
-# visible GPU, CUDA tests, sanitizers, sync and graph checks, CUDA benchmarks -> $(OUT).
+# visible GPU (CUDA required), CUDA tests, sanitizers, sync and graph checks, CUDA
+# benchmarks and the alternatives' timings -> $(OUT). Within 540 s (--budget).
 OUT ?= out/gpu-check
 gpu-check:
 	$(PYTHON) -m benches.gpu_check $(OUT)
+
+# The same script on this machine (no GPU), as CI runs it: a cached venv with the GPU
+# machine's torch, a copy of the tree, the GPU steps against the emulated device.
+gpu-check-rehearse:
+	$(PYTHON) -m benches.gpu_check --rehearse $(OUT)-rehearsal
 
 # Per-kernel SASS statistics of the built extension (no GPU needed); fails on spills
 # and on FP64/CALL instructions in float/half/bfloat16 kernels.

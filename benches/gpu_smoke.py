@@ -1,115 +1,271 @@
 """Small CUDA checks for a lent GPU, run by benches/gpu_check.py (also under
 compute-sanitizer, so they stay small):
 
-    python -m benches.gpu_smoke ops        every op and path, forward + backward, vs CPU
+    python -m benches.gpu_smoke ops        every kernel of the binary (each op, path, dtype
+                                           and index width), forward + backward, vs ATen
+                                           in float64 on the CPU
     python -m benches.gpu_smoke sync       no host sync in any forward/backward
                                            (torch.cuda.set_sync_debug_mode("error"))
     python -m benches.gpu_smoke graph      a whole FCN-8s training step captured in a CUDA
-                                           graph and replayed, equal to eager steps
+                                           graph and replayed
+
+    --emulate   run on the CPU through the emulated CUDA code (fcn_kernels.testing), for
+                the rehearsal and the kernel-coverage test: ops as on the GPU; sync with a
+                recording stand-in for the debug mode; graph as eager steps with the
+                launcher reporting a capture (the code paths that avoid host syncs).
 
 Each prints one line per check and exits non-zero on the first failure. Without a GPU
-it prints "skipped: no CUDA device" and exits 0.
+(and without --emulate) it prints "skipped: no CUDA device" and exits 0.
+
+Precision: float32 comparisons run with TF32 off (docs/cuda.md, "float32 precision on
+CUDA"): the dense deconvolution path is ATen's convolution, which follows
+torch.backends.cudnn.allow_tf32 exactly as F.conv_transpose2d does.
 """
 
+import contextlib
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import fcn_kernels as fk
+from fcn_kernels.testing import emulated_capture, emulated_cuda, index32_limit
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# max |ours - float64 reference| / max(1, max |reference|): a few ulps of each dtype
+# after sums of up to ~100 terms.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
 
-def _cases(device):
-    """(name, fn) pairs; fn(device) -> list of tensors (outputs and gradients)."""
+class Case:
+    """One check: prepare(dev) makes every input on the device (host-to-device copies
+    included) and returns call(), which only runs the ops (forward and backward) and
+    returns (results, float64 references on the CPU)."""
 
-    def bilinear(dtype, cl, **kw):
-        def run(dev):
-            torch.manual_seed(0)
-            x = torch.randn(2, 5, 9, 7, dtype=dtype)
-            x = (x.contiguous(memory_format=torch.channels_last) if cl else x).to(dev)
-            x.requires_grad_()
+    def __init__(self, name, prepare, index64=False):
+        self.name, self.prepare, self.index64 = name, prepare, index64
+
+
+def _rand(shape, dtype, dev):
+    return torch.randn(shape, dtype=torch.float64).to(dtype).to(dev)
+
+
+def _bilinear(dtype, cl, **kw):
+    def prepare(dev):
+        x = _rand((2, 5, 9, 7), dtype, dev)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        y_shape = fk.bilinear_upsample(x.detach(), **kw).shape
+        g = _rand(y_shape, dtype, dev)
+
+        def call():
             y = fk.bilinear_upsample(x, **kw)
-            (gx,) = torch.autograd.grad(y.sum(), x)  # expanded gradient
+            (gx,) = torch.autograd.grad(y, x, g)
             return [y, gx]
 
-        return run
+        def reference():
+            xr = x.detach().cpu().double().requires_grad_()
+            y = F.interpolate(xr, mode="bilinear", **kw)
+            return [y, *torch.autograd.grad(y, xr, g.cpu().double())]
 
-    def deconv(weight, k, s, off, size, **kw):
-        def run(dev):
-            torch.manual_seed(0)
-            cin, cout = 6, kw.get("cout", 6)
-            args = {key: v for key, v in kw.items() if key != "cout"}
-            x = torch.randn(2, cin, 8, 9).to(dev).requires_grad_()
-            w = (
-                fk.bilinear_kernel(cin, k)
-                if weight == "bilinear"
-                else torch.randn(cin, cout // args.get("groups", 1), k, k)
-            ).to(dev)
-            w.requires_grad_()
-            y = fk.conv_transpose2d_crop(x, w, stride=s, offset=off, size=size, **args)
-            g = torch.randn(y.shape).to(dev)
-            return [y, *torch.autograd.grad(y, (x, w), g)]
+        return call, reference
 
-        return run
+    return prepare
 
-    def unpool(k, s, pad):
-        def run(dev):
-            torch.manual_seed(0)
-            x = torch.randn(2, 3, 12, 10).to(dev)
-            v, idx = F.max_pool2d(x, k, s, pad, return_indices=True)
-            v.requires_grad_()
-            y = fk.max_unpool2d(v, idx, k, s, pad, output_size=x.shape[-2:])
-            (gv,) = torch.autograd.grad(y, v, torch.randn(y.shape).to(dev))
+
+def _deconv(dtype, weight, k, s, off, size, groups=1, cin=6, cout=6, batch=2, hw=(8, 9)):
+    """weight: "bilinear" (frozen FCN filter: gather path, diagonal check says diagonal),
+    "square" (frozen random cin == cout weight: gather path, not diagonal), "depthwise"
+    (groups == channels, trained: gather kernels and the weight-gradient kernel),
+    "dense" (trained: ATen's convolution, i.e. cuDNN)."""
+
+    def prepare(dev):
+        x = _rand((batch, cin, *hw), dtype, dev).requires_grad_()
+        if weight == "bilinear":
+            w = fk.bilinear_kernel(cin, k).to(dtype).to(dev)
+        else:
+            w = _rand((cin, cout // groups, k, k), dtype, dev)
+        w.requires_grad_(weight in ("depthwise", "dense"))
+        kw = dict(stride=s, offset=off, size=size, groups=groups)
+        y_shape = fk.conv_transpose2d_crop(x.detach(), w.detach(), **kw).shape
+        g = _rand(y_shape, dtype, dev)
+        inputs = (x, w) if w.requires_grad else (x,)
+
+        def call():
+            y = fk.conv_transpose2d_crop(x, w, **kw)
+            return [y, *torch.autograd.grad(y, inputs, g)]
+
+        def reference():
+            xr = x.detach().cpu().double().requires_grad_()
+            wr = w.detach().cpu().double().requires_grad_(w.requires_grad)
+            full = F.conv_transpose2d(xr, wr, stride=s, groups=groups)
+            y = full[..., off[0] : off[0] + size[0], off[1] : off[1] + size[1]]
+            refs = (xr, wr) if w.requires_grad else (xr,)
+            return [y, *torch.autograd.grad(y, refs, g.cpu().double())]
+
+        return call, reference
+
+    return prepare
+
+
+def _unpool(dtype, k, s, pad):
+    def prepare(dev):
+        x = _rand((2, 3, 12, 10), dtype, dev)
+        v, idx = F.max_pool2d(x, k, s, pad, return_indices=True)
+        v.requires_grad_()
+        size = x.shape[-2:]
+        g = _rand(x.shape, dtype, dev)
+
+        def call():
+            y = fk.max_unpool2d(v, idx, k, s, pad, output_size=size)
+            (gv,) = torch.autograd.grad(y, v, g)
             return [y, gv]
 
-        return run
+        def reference():
+            vr = v.detach().cpu().double().requires_grad_()
+            y = F.max_unpool2d(vr, idx.cpu(), k, s, pad, output_size=size)
+            return [y, *torch.autograd.grad(y, vr, g.cpu().double())]
 
-    yield "bilinear x2.5 f32", bilinear(torch.float32, False, scale_factor=2.5)
-    yield "bilinear x8 bf16 channels_last", bilinear(torch.bfloat16, True, scale_factor=8)
-    yield (
-        "bilinear size align_corners f16",
-        bilinear(torch.float16, False, size=(20, 3), align_corners=True),
-    )
-    yield "deconv bilinear k4 s2", deconv("bilinear", 4, 2, (1, 2), (15, 16))
-    yield "deconv bilinear k16 s8", deconv("bilinear", 16, 8, (5, 7), (60, 70))
-    yield "deconv dense k4 s2", deconv("dense", 4, 2, (1, 0), (14, 17))
-    yield "deconv dense groups", deconv("dense", 3, 2, (0, 1), (13, 15), groups=2, cout=4)
-    yield "unpool 2x2/2 (fast path)", unpool(2, 2, 0)
-    yield "unpool 3x3/2 pad 1 (general path)", unpool(3, 2, 1)
+        return call, reference
+
+    return prepare
 
 
-def check_ops():
-    for name, run in _cases("cuda"):
-        got = run("cuda")
-        want = run("cpu")
-        for a, b in zip(got, want):
-            tol = 1e-2 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4
-            torch.testing.assert_close(a.cpu().double(), b.double(), atol=tol, rtol=tol)
-        print(f"ok   ops   {name}", flush=True)
+def cases(dtypes=DTYPES):
+    """Every kernel: each op and path in every dtype, with 32- and 64-bit indices."""
+    for dtype in dtypes:
+        dt = str(dtype).replace("torch.", "")
+        lowp = dtype in (torch.float16, torch.bfloat16)
+        for index64 in (False, True):
+            tag = f"{dt}{' int64-index' if index64 else ''}"
+            yield Case(f"bilinear x2.5 {tag}", _bilinear(dtype, False, scale_factor=2.5), index64)
+            yield Case(
+                f"bilinear size align_corners channels_last {tag}",
+                _bilinear(dtype, True, size=(20, 3), align_corners=True),
+                index64,
+            )
+            yield Case(
+                f"deconv frozen bilinear k4 s2 {tag}",
+                _deconv(dtype, "bilinear", 4, 2, (1, 2), (15, 16)),
+                index64,
+            )
+            yield Case(
+                f"deconv frozen square (not diagonal) k3 s2 {tag}",
+                _deconv(dtype, "square", 3, 2, (0, 1), (13, 15)),
+                index64,
+            )
+            # 2 x 64 x 64 input pixels: the weight gradient splits into slices and runs
+            # its finishing kernel too.
+            yield Case(
+                f"deconv depthwise trained k4 s2 {tag}",
+                _deconv(dtype, "depthwise", 4, 2, (1, 1), (120, 126), 4, 4, 4, 2, (64, 64)),
+                index64,
+            )
+            yield Case(f"unpool 2x2/2 (fast path) {tag}", _unpool(dtype, 2, 2, 0), index64)
+            yield Case(f"unpool 3x3/2 pad 1 (general) {tag}", _unpool(dtype, 3, 2, 1), index64)
+        if not lowp:  # ATen's dense path: cuDNN (our arrangement of its operands)
+            yield Case(
+                f"deconv dense trained k4 s2 {dt}", _deconv(dtype, "dense", 4, 2, (1, 0), (14, 17))
+            )
+            yield Case(
+                f"deconv dense groups {dt}",
+                _deconv(dtype, "dense", 3, 2, (0, 1), (13, 15), groups=2, cout=4),
+            )
 
 
-def check_sync():
-    for name, run in _cases("cuda"):
-        if name.startswith("unpool"):
-            continue  # unpool syncs once in eager mode to raise IndexError (documented)
-        run("cuda")  # warm-up: lazy init, cuDNN/cuBLAS handles
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            run("cuda")
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        print(f"ok   sync  {name}", flush=True)
+@contextlib.contextmanager
+def no_tf32():
+    """float32 at float32 precision (docs/cuda.md); restores the flags."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def check_graph():
+def _index_width(case):
+    return index32_limit(1) if case.index64 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _env(var, value):
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(var) if old is None else os.environ.__setitem__(var, old)
+
+
+def passes(selected=None):
+    """(label, env context, cases): the default implementations, then each alternative
+    of benches/gpu_check.py's VARIANTS on the cases of the op it switches."""
+    from benches.gpu_check import VARIANTS
+
+    all_cases = list(selected or cases())
+    yield "", contextlib.nullcontext(), all_cases
+    if selected is None:
+        for var, values, prefix, _ in VARIANTS:
+            for value in values[1:]:
+                chosen = [c for c in all_cases if c.name.startswith(prefix)]
+                yield f" [{var}={value}]", _env(var, value), chosen
+
+
+def check_ops(dev="cuda", selected=None):
+    with no_tf32():
+        for label, env, chosen in passes(selected):
+            with env:
+                for case in chosen:
+                    _check_case(case, dev, label)
+
+
+def _check_case(case, dev, label):
+    torch.manual_seed(0)
+    with _index_width(case):
+        call, reference = case.prepare(dev)
+        got = call()
+    want = reference()
+    for a, b in zip(got, want):
+        a = a.detach().cpu().double()
+        err = (a - b).abs().max().item() if b.numel() else 0.0
+        scale = max(1.0, b.abs().max().item() if b.numel() else 0.0)
+        tol = TOL[got[0].dtype]
+        if not (err <= tol * scale):  # NaN fails too
+            raise AssertionError(f"{case.name}{label}: error {err:.3g} > {tol * scale:.3g}")
+    print(f"ok   ops   {case.name}{label}", flush=True)
+
+
+def check_sync(dev="cuda", set_mode=None, synchronize=None, selected=None):
+    """Inputs and a warm-up run first; only the op calls run under the debug mode, so a
+    report can only come from the ops themselves."""
+    set_mode = set_mode or torch.cuda.set_sync_debug_mode
+    synchronize = synchronize or torch.cuda.synchronize
+    for case in selected or cases((torch.float32, torch.float16)):
+        if case.name.startswith("unpool"):
+            continue  # eager unpool syncs once to raise IndexError (documented)
+        with _index_width(case):
+            call, _ = case.prepare(dev)
+            call()  # warm-up: lazy init, cuDNN handles, caches
+            synchronize()
+            set_mode("error")
+            try:
+                call()
+            finally:
+                set_mode(0)
+        print(f"ok   sync  {case.name}", flush=True)
+
+
+def check_graph(dev="cuda"):
     from fcn.models import FCN8s
 
     torch.manual_seed(0)
-    model = FCN8s(num_classes=5, backbone="tiny").cuda()
+    model = FCN8s(num_classes=5, backbone="tiny").to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(2, 3, 64, 64, device="cuda")
-    t = torch.randint(0, 5, (2, 64, 64), device="cuda")
+    x = torch.randn(2, 3, 64, 64, device=dev)
+    t = torch.randint(0, 5, (2, 64, 64), device=dev)
 
     def step():
         opt.zero_grad(set_to_none=False)
@@ -118,31 +274,48 @@ def check_graph():
         opt.step()
         return loss
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs requires
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = step()
     before = [p.detach().clone() for p in model.parameters()]
-    graph.replay()
-    torch.cuda.synchronize()
+    if dev != "cuda":  # emulated: eager steps through the capture-mode code paths
+        with emulated_capture():
+            loss = step()
+    else:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs requires
+                step()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = step()
+        before = [p.detach().clone() for p in model.parameters()]
+        graph.replay()
+        torch.cuda.synchronize()
     changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    assert changed and torch.isfinite(static_loss).item(), "graph replay did not train"
-    print(f"ok   graph FCN-8s training step captured and replayed (loss {static_loss.item():.4f})")
+    assert changed and torch.isfinite(loss).item(), "the training step did not train"
+    print(
+        f"ok   graph FCN-8s training step ({'emulated, eager' if dev != 'cuda' else 'captured and replayed'}, loss {loss.item():.4f})"
+    )
 
 
 def main(argv=None):
-    what = (argv or sys.argv[1:] or ["ops"])[0]
+    args = list(sys.argv[1:] if argv is None else argv)
+    emulate = "--emulate" in args
+    what = ([a for a in args if not a.startswith("--")] or ["ops"])[0]
+    checks = {"ops": check_ops, "sync": check_sync, "graph": check_graph}
+    if emulate:
+        recorded = []
+        kw = {"set_mode": recorded.append, "synchronize": lambda: None} if what == "sync" else {}
+        with emulated_cuda():
+            checks[what]("cpu", **kw)
+        return 0
     if not torch.cuda.is_available():
         print("skipped: no CUDA device")
         return 0
-    {"ops": check_ops, "sync": check_sync, "graph": check_graph}[what]()
+    checks[what]()
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

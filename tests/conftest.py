@@ -63,6 +63,17 @@ TOL = {
 
 
 @pytest.fixture(autouse=True)
+def _no_tf32():
+    # float32 tolerances assume float32 arithmetic: on CUDA, the dense deconv path (and
+    # F.conv_transpose2d, our reference) would otherwise use TF32 (docs/cuda.md, "float32
+    # precision on CUDA"). tests/test_cuda_precision.py turns it on where it checks TF32.
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     # Every test draws the same random inputs on every run: failures reproduce.
     torch.manual_seed(0)

@@ -1,7 +1,6 @@
 """The GPU tooling that must work without a GPU: the emulated launcher's own rules,
-the sass report, the fuzz CLI and gpu-check's skip paths and summary writer."""
+the sass report and the fuzz CLI (gpu-check: tests/test_gpu_check.py)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -89,67 +88,6 @@ def test_sass_report_parses_or_says_cpu_only():
         assert "FP64 instructions in non-double kernels: 0" in out.stdout
     else:
         assert out.returncode == 0 and "holds no sm_90 code" in out.stdout
-
-
-def test_gpu_check_without_gpu_skips_gpu_steps_and_writes_summary(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: gpu-check would run for real")
-    out = subprocess.run(
-        [sys.executable, "-m", "benches.gpu_check", str(tmp_path), "--no-build"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    status = {s["step"]: s["status"] for s in summary["steps"]}
-    assert status["build"] == "skipped"
-    for step in ("tests", "memcheck", "racecheck", "sync", "graph", "bench"):
-        assert status[step] == "skipped", status
-    assert status["sass"] == ("passed" if fk.cuda_built() else "failed")
-    assert out.returncode == (0 if fk.cuda_built() else 1)
-    md = (tmp_path / "summary.md").read_text()
-    assert "| tests | skipped |" in md and "no GPU" in md
-
-
-def test_gpu_check_summary_includes_the_bench_table(tmp_path):
-    from benches import gpu_check
-
-    (tmp_path / "bench.log").write_text("noise\n| op | case |\n|---|---|\n| bilinear | x8 |\n")
-    results = [
-        {
-            "step": "bench",
-            "status": "passed",
-            "exit": 0,
-            "seconds": 1.0,
-            "log": "bench.log",
-            "tail": "",
-        },
-        {
-            "step": "graph",
-            "status": "failed",
-            "exit": 1,
-            "seconds": 2.0,
-            "log": "graph.log",
-            "tail": "boom",
-        },
-    ]
-    gpu_check.write_summary(str(tmp_path), results, "test machine")
-    md = (tmp_path / "summary.md").read_text()
-    assert "| bilinear | x8 |" in md and "| graph | failed | 1 | 2.0 |" in md
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"][1]["tail"] == "boom"
-
-
-def test_gpu_smoke_skips_without_gpu():
-    if torch.cuda.is_available():
-        pytest.skip("has a GPU")
-    for what in ("ops", "sync", "graph"):
-        out = subprocess.run(
-            [sys.executable, "-m", "benches.gpu_smoke", what],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 0 and "skipped: no CUDA device" in out.stdout
 
 
 def test_emulated_launcher_phases_shared_memory_and_limits():

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <typeinfo>
 #include <vector>
 
 #include "gpu/launch.h"
@@ -24,6 +25,10 @@
 namespace fcn_kernels {
 
 bool& emu_capturing();  // test hook (gpu/state.cpp): pretend a CUDA graph is capturing
+// Test hook (gpu/state.cpp): while on, every launch records its kernel type, so tests can
+// check that a script (benches/gpu_smoke.py ops) runs every kernel of the binary.
+bool& emu_recording();
+void emu_record_launch(const std::type_info& kernel);
 
 enum class ThreadOrder { kForward = 0, kReverse = 1, kShuffle = 2 };
 
@@ -78,6 +83,7 @@ struct EmuLauncher {
     const Dim grid = dims.first, block = dims.second;
     const EmuOptions opt = emu_options();
     emu_launch_count().fetch_add(1, std::memory_order_relaxed);
+    if (emu_recording()) emu_record_launch(typeid(K));
     const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
     const int32_t threads = static_cast<int32_t>(int64_t(block.x) * block.y * block.z);
     const int64_t grain = std::max<int64_t>(1, 16384 / threads);

@@ -1,13 +1,16 @@
 // State of the GPU host code that tests may change, and the fcn_kernels_emu test hooks.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/Type.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <iterator>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,37 @@ bool& emu_capturing() {
 }
 
 namespace {
+
+std::mutex recorded_mutex;
+std::set<std::string>& recorded() {
+  static std::set<std::string> names;
+  return names;
+}
+
+}  // namespace
+
+bool& emu_recording() {
+  static bool recording = false;
+  return recording;
+}
+
+void emu_record_launch(const std::type_info& kernel) {
+  std::lock_guard<std::mutex> lock(recorded_mutex);
+  recorded().insert(c10::demangle(kernel.name()));
+}
+
+namespace {
+
+// Turns launch recording on or off; returns the kernel types launched since the last
+// call, one demangled name per line, and forgets them.
+std::string record_launches(bool on) {
+  std::lock_guard<std::mutex> lock(recorded_mutex);
+  std::string out;
+  for (const auto& name : recorded()) out += name + "\n";
+  recorded().clear();
+  emu_recording() = on;
+  return out;
+}
 
 // Returns the previous limit; 0 or less restores the default.
 int64_t set_index32_limit(int64_t limit) {
@@ -216,6 +250,7 @@ TORCH_LIBRARY_FRAGMENT(fcn_kernels_emu, m) {
   m.def("_set_racecheck(bool on) -> bool", &set_racecheck);
   m.def("_launch_count() -> int", [] { return emu_launch_count().load(); });
   m.def("_set_thread_order(int order, int seed) -> int[]", &set_thread_order);
+  m.def("_record_launches(bool on) -> str", &record_launches);
 }
 
 }  // namespace fcn_kernels
