@@ -9,13 +9,15 @@ dense learned ("general") weight; FCN-32s's upscore (k64 s32, 16x16 -> crop 19, 
 bilinear). Forward, backward, and forward + backward. `impl` pairs ours with the
 reference for the report.
 
-On CUDA `test_cuda_variant` also times the variants of csrc/deconv/variant.h, each
+On CUDA with FCN_BENCH_VARIANTS=1, `test_cuda_variant` also times the variants of csrc/deconv/variant.h, each
 paired with the reference in the same run, on the cases it changes:
 `variant=tile` (FCN_KERNELS_DECONV_GRAD_INPUT=tile: the frozen bilinear weights'
 input gradient) and `variant=cudnn` (FCN_KERNELS_DECONV_LOWP=cudnn: bfloat16 forward,
 and the frozen weights' input gradient). The default rows are test_forward's and
 test_backward's.
 """
+
+import os
 
 import pytest
 import torch
@@ -134,6 +136,10 @@ VARIANTS = {
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.skipif(
+    os.environ.get("FCN_BENCH_VARIANTS") != "1",
+    reason="FCN_BENCH_VARIANTS=1 (gpu-check times the variants one process per value)",
+)
 @pytest.mark.parametrize("impl", ["ref", "ours"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -6,6 +6,8 @@ Indices come from max-pooling random maps. `python -m benches.report -k unpool` 
 the table (ours vs ATen, and on CUDA the bandwidth).
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,9 +29,14 @@ if QUICK:
 IMPLS = {"ours": fk.max_unpool2d, "aten": F.max_unpool2d}
 
 
-# The GPU forward's implementations (FCN_KERNELS_UNPOOL): one GPU run times both against
-# ATen. ATen is timed again per variant so the report pairs each with it.
-VARIANTS = ["gated", "ondemand"]
+# The GPU forward's implementations (FCN_KERNELS_UNPOOL). By default the one the
+# environment selects (gpu-check's variants step runs one process per value); with
+# FCN_BENCH_VARIANTS=1 one run times both, ATen again per variant so the report pairs each.
+VARIANTS = (
+    ["gated", "ondemand"]
+    if os.environ.get("FCN_BENCH_VARIANTS") == "1"
+    else [os.environ.get("FCN_KERNELS_UNPOOL") or "gated"]
+)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -55,8 +55,13 @@ VARIANTS = [
         "deconv",
         "bench_deconv and forward and (float16 or bfloat16)",
     ),
-    ("FCN_KERNELS_BILINEAR_BACKWARD", ("default", "alt"), "bilinear", "bench_bilinear and bwd"),
-    ("FCN_KERNELS_UNPOOL", ("default", "alt"), "unpool", "bench_unpool and fwd"),
+    (
+        "FCN_KERNELS_BILINEAR_BACKWARD",
+        ("separable", "direct"),
+        "bilinear",
+        "bench_bilinear and bwd",
+    ),
+    ("FCN_KERNELS_UNPOOL", ("gated", "ondemand"), "unpool", "bench_unpool and fwd"),
 ]
 
 # Per-step time limits (seconds) on the GPU machine (16 cores), from the rehearsal with
