@@ -116,22 +116,6 @@ def test_oversized_grids_raise_instead_of_wrapping():
         emu._launch_self_test(1, 2**32 + 64, 0, "elements")
 
 
-def test_gpu_check_keeps_within_its_budget(tmp_path):
-    # With no time left every step is recorded as skipped, none is started.
-    out = subprocess.run(
-        [sys.executable, "-m", "benches.gpu_check", str(tmp_path), "--no-build", "--budget", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    steps = json.loads((tmp_path / "summary.json").read_text())["steps"]
-    assert [s["step"] for s in steps][:3] == ["build", "sass", "tests"]
-    assert all(s["status"] == "skipped" for s in steps)
-    assert any(s.get("reason") == "out of time (--budget)" for s in steps)
-    assert not any(tmp_path.glob("*.log"))
-
-
 # ---- the emulated launcher's racecheck and thread orders -----------------------------
 
 RACY = {
@@ -156,7 +140,9 @@ def test_racecheck_reports_a_racy_kernel(kernel, order):
     msg = str(err.value)
     assert "racecheck: launch_self_test: block (0, 0, 0) thread (" in msg
     assert f"phase {1 if kernel == 'war' else 0}:" in msg
-    assert "shared-memory byte" in msg and "accessed by thread (" in msg
+    assert "shared-memory byte" in msg
+    if "no thread of this block has written" not in msg:  # else there is no other thread
+        assert "accessed by thread (" in msg
     emu._launch_self_test(2, 64, 64 * 8, kernel)  # off again: no check, no error
 
 

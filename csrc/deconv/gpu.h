@@ -276,11 +276,16 @@ inline at::Tensor dense_forward(const at::Tensor& x, const at::Tensor& w, const 
 }
 
 // The operands handed to ATen's convolution. Emulated, that convolution is ATen's CPU
-// one standing in for cuDNN, and its bfloat16 channels_last grouped kernels (oneDNN,
-// torch 2.14.1) return wrong values when an output dimension is 1: they get NCHW.
+// one standing in for cuDNN, so it gets NCHW operands (its bfloat16 channels_last
+// grouped kernels return wrong values when an output dimension is 1) and computes
+// float16/bfloat16 in float32, as cuDNN accumulates (oneDNN's bfloat16 kernels read
+// uninitialized memory in some geometries on AVX-512/AMX CPUs: values of 1e36 or NaN in
+// tests/test_fuzz.py; torch 2.14.1); callers round the result back to their dtype.
 template <typename L>
 at::Tensor dense_operand(const at::Tensor& t) {
-  return L::kEmulated ? t.contiguous() : t;
+  if (!L::kEmulated || !t.defined()) return t;
+  const at::Tensor c = t.contiguous();
+  return at::isReducedFloatingType(c.scalar_type()) ? c.to(at::kFloat) : c;
 }
 
 // grad zero-extended to G' (only by what the forward's narrowing removed).
@@ -318,8 +323,9 @@ at::Tensor conv_transpose2d_crop_gpu(const at::Tensor& self, const at::Tensor& w
   const Variants variants = read_variants();
   if (!use_gather(weight, cin_g, cout_g, KH, KW, stride, dilation, variants, self.scalar_type())) {
     RECORD_FUNCTION("fcn_kernels::deconv_forward_dense", std::vector<c10::IValue>());
-    return dense_forward(dense_operand<L>(self), w, bias, stride, padding, output_padding, groups,
-                         dilation, offset, size, fmt);
+    return dense_forward(dense_operand<L>(self), dense_operand<L>(w), dense_operand<L>(bias),
+                         stride, padding, output_padding, groups, dilation, offset, size, fmt)
+        .to(self.scalar_type());
   }
   const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
   const uint8_t* offdiag = fw.first;
@@ -374,10 +380,11 @@ at::Tensor conv_transpose2d_crop_backward_input_gpu(const at::Tensor& grad_outpu
                                    w.sizes().slice(2), stride, padding, dilation, offset);
     // The adjoint of the transposed convolution: a convolution of G' (only the first
     // input_size rows/columns when output_padding >= stride left extra ones).
-    const at::Tensor full =
-        at::convolution(dense_operand<L>(dense_grad(grad_output, r)), w, std::nullopt, stride,
-                        r.pad, dilation, /*transposed=*/false, {0, 0}, groups);
-    return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt);
+    const at::Tensor full = at::convolution(dense_operand<L>(dense_grad(grad_output, r)),
+                                            dense_operand<L>(w), std::nullopt, stride, r.pad,
+                                            dilation, /*transposed=*/false, {0, 0}, groups);
+    return in_layout(full.narrow(2, 0, input_size[2]).narrow(3, 0, input_size[3]), fmt)
+        .to(grad_output.scalar_type());
   }
   const std::pair<const uint8_t*, at::Tensor> fw = diagonal_check<L>(w, cin_g);
   const uint8_t* offdiag = fw.first;
@@ -449,12 +456,12 @@ at::Tensor conv_transpose2d_crop_backward_weight_gpu(
                                    weight_size.slice(2), stride, padding, dilation, offset);
     // Only the weight's sizes matter, but ATen's CPU bfloat16 kernel (torch 2.14.1,
     // AVX-512) reads its values in some geometries: zeros, never uninitialized memory.
-    const at::Tensor w_like = at::zeros(weight_size, self.options());
+    const at::Tensor w_like = dense_operand<L>(at::zeros(weight_size, self.options()));
     const auto grads = at::convolution_backward(
         dense_operand<L>(dense_grad(grad_output, r)), dense_operand<L>(self), w_like, std::nullopt,
         stride, r.pad, dilation,
         /*transposed=*/true, r.out_pad, groups, {false, true, false});
-    return in_layout(std::get<1>(grads), at::MemoryFormat::Contiguous);
+    return in_layout(std::get<1>(grads), at::MemoryFormat::Contiguous).to(self.scalar_type());
   }
   at::Tensor gw = at::empty(weight_size, self.options());
   const int64_t S = wgrad_slices(numel, N * self.size(2), self.size(3));
