@@ -222,7 +222,7 @@ def _capture(model, example_inputs, dynamic_shapes, strict, capture):
             )
             return gm, "fx", _rewrite_fx(gm)
         gm = ep.module()
-        problems, near = _check_dynamic(gm, example_inputs, dynamic_shapes)
+        problems, near = _check_dynamic(gm, example_inputs, dynamic_shapes, model)
         if near and capture == "auto":
             # Guards that refuse sizes next to the example (torch 2.11 puts a parity
             # guard on ceil_mode pooling) break the graph for half the sizes asked
@@ -254,12 +254,15 @@ def _capture(model, example_inputs, dynamic_shapes, strict, capture):
             m.training = was
 
 
-def _check_dynamic(gm, example_inputs, dynamic_shapes):
+def _check_dynamic(gm, example_inputs, dynamic_shapes, model=None):
     """The sizes of the dims the user asked to be dynamic that the captured graph refuses
     (export made a dim static, or its guards - ranges, equations between sizes, parity -
-    exclude them), probed at 1-3 above, half, 1.5 and 2 times the example's size (within
-    the Dim's min/max) with the graph's guard function on meta tensors (no computation).
-    Returns (problems, near): near when a size 1-3 above the example is refused."""
+    exclude them) but the model itself runs, probed at 1-3 above, half, 1.5 and 2 times
+    the example's size (within the Dim's min/max) with the graph's guard function on meta
+    tensors. A refused size is then run through ``model`` (eval mode, no grad, zeros): a
+    size the model refuses too (segmentation_models_pytorch asks for multiples of 32) is
+    its contract, not a narrowing. Returns (problems, near): near when a size 1-3 above the
+    example is refused."""
     guards = getattr(gm, "_guards_fn", None)
     if guards is None or not isinstance(dynamic_shapes, (tuple, list)):
         return [], False
@@ -294,11 +297,28 @@ def _check_dynamic(gm, example_inputs, dynamic_shapes):
                 try:
                     guards(*probe)
                 except Exception as e:  # noqa: BLE001 (a failed guard: AssertionError, ...)
+                    if model is not None and not _model_runs(model, example_inputs, i, shape):
+                        continue
                     refused.append(f"{m} ({str(e).strip().splitlines()[0][:120]})")
                     near = near or n < m <= n + 3
             if refused:
                 problems.append(f"input {i} dim {dim} (example {n}) refuses " + ", ".join(refused))
     return problems, near
+
+
+def _model_runs(model, example_inputs, i, shape):
+    """Whether the model's own forward runs with input i resized to shape (zeros), in
+    eval mode without grad (no running statistics change); the caller restores modes."""
+    t = example_inputs[i]
+    args = list(example_inputs)
+    args[i] = torch.zeros(shape, dtype=t.dtype, device=t.device)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception:  # noqa: BLE001 (the model refuses the size: its contract)
+        return False
+    return True
 
 
 def _args(node):

@@ -443,6 +443,37 @@ def test_check_dynamic_finds_parity_guards():
     assert "dim 2 (example 32) refuses 33" in problems[0] and "35" in problems[0]
 
 
+class _AcceptsMultiplesOf8(torch.nn.Module):
+    """A model whose own forward refuses heights that are not multiples of 8 (as
+    segmentation_models_pytorch's encoders ask for multiples of 32)."""
+
+    def forward(self, x):
+        if x.shape[2] % 8:
+            raise RuntimeError("height must be a multiple of 8")
+        return x * 2
+
+
+def test_check_dynamic_ignores_sizes_the_model_refuses():
+    # Guards refusing odd heights are a narrowing only where the model runs the size:
+    # with a model that itself asks for multiples of 8 there is nothing to report
+    # (its 16, 48 and 64 pass the guard); with one that runs every size, 33 and 35 are.
+    dyn = ({2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)
+    x = (torch.randn(1, 3, 32, 32),)
+    check = _fuse_module()._check_dynamic
+    assert check(_RefusesOdd(), x, dyn, _AcceptsMultiplesOf8()) == ([], False)
+    problems, near = check(_RefusesOdd(), x, dyn, torch.nn.Identity())
+    assert near and "refuses 33" in problems[0] and "35" in problems[0]
+
+
+def test_check_dynamic_probe_leaves_training_mode_to_the_caller():
+    # The eager probe runs in eval mode with no grad: BatchNorm statistics do not move.
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    before = model[0].running_mean.clone()
+    dyn = ({2: Dim.DYNAMIC},)
+    _fuse_module()._check_dynamic(_RefusesOdd(), (torch.randn(1, 3, 32, 32) + 5,), dyn, model)
+    torch.testing.assert_close(model[0].running_mean, before, atol=0, rtol=0)
+
+
 def test_near_size_guards_fall_back_to_fx(monkeypatch, caplog):
     # When export's graph refuses sizes next to the example, fuse captures with torch.fx
     # (which runs every size) and says why; the result is right at other sizes.
