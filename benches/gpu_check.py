@@ -14,6 +14,8 @@ no package index. Steps, in order (a failing step does not stop the later ones):
   tests       pytest -m cuda (every CUDA test)
   memcheck    compute-sanitizer --tool memcheck  python -m benches.gpu_smoke ops
   racecheck   compute-sanitizer --tool racecheck python -m benches.gpu_smoke ops
+              (rehearsal: both on the emulator, racecheck with its own shared-memory
+              race checker and the threads of each phase shuffled)
   sync        python -m benches.gpu_smoke sync (set_sync_debug_mode("error"))
   graph       python -m benches.gpu_smoke graph (FCN-8s training step in a CUDA graph)
   bench       python -m benches.report -k cuda --markdown
@@ -154,11 +156,12 @@ def steps(ctx):
     yield "tests", tests, None, no_gpu
     sanitizer = ctx["sanitizer"]
     for tool in ("memcheck", "racecheck"):
-        if emu:
-            if tool == "memcheck":  # the script the sanitizers run, without them
-                yield tool, smoke + ["ops", "--emulate"], None, None
-            else:
-                yield tool, None, None, "compute-sanitizer needs a GPU (ops rehearsed in memcheck)"
+        if emu:  # the script the sanitizers run, on the emulator (its own shared-memory
+            # racecheck, threads of each phase shuffled) instead of compute-sanitizer
+            race = {"FCN_KERNELS_EMU_RACECHECK": "1", "FCN_KERNELS_EMU_ORDER": "shuffle:1"}
+            yield tool, smoke + ["ops", "--emulate"], None if tool == "memcheck" else dict(
+                os.environ, **race
+            ), None
             continue
         cmd = [sanitizer or "compute-sanitizer", "--tool", tool, "--error-exitcode", "3"]
         reason = no_gpu or (None if sanitizer else "compute-sanitizer not found")

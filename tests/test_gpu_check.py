@@ -53,7 +53,8 @@ def test_step_order_and_build_requires_cuda(tmp_path, gpu, rehearse):
     elif rehearse:
         assert env["TORCH_CUDA_ARCH_LIST"] == "9.0"
         assert by_name["memcheck"][1][-2:] == ["ops", "--emulate"]
-        assert "needs a GPU" in by_name["racecheck"][3]
+        assert by_name["racecheck"][1][-2:] == ["ops", "--emulate"]
+        assert by_name["racecheck"][2]["FCN_KERNELS_EMU_RACECHECK"] == "1"
         assert by_name["sync"][1][-2:] == ["sync", "--emulate"]
     else:
         assert all(by_name[n][3] == "no CUDA device" for n in ORDER[3:])
