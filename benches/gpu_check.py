@@ -159,9 +159,12 @@ def steps(ctx):
         if emu:  # the script the sanitizers run, on the emulator (its own shared-memory
             # racecheck, threads of each phase shuffled) instead of compute-sanitizer
             race = {"FCN_KERNELS_EMU_RACECHECK": "1", "FCN_KERNELS_EMU_ORDER": "shuffle:1"}
-            yield tool, smoke + ["ops", "--emulate"], None if tool == "memcheck" else dict(
-                os.environ, **race
-            ), None
+            yield (
+                tool,
+                smoke + ["ops", "--emulate"],
+                None if tool == "memcheck" else dict(os.environ, **race),
+                None,
+            )
             continue
         cmd = [sanitizer or "compute-sanitizer", "--tool", tool, "--error-exitcode", "3"]
         reason = no_gpu or (None if sanitizer else "compute-sanitizer not found")
