@@ -18,6 +18,8 @@ no package index. Steps, in order (a failing step does not stop the later ones):
               race checker and the threads of each phase shuffled)
   sync        python -m benches.gpu_smoke sync (set_sync_debug_mode("error"))
   graph       python -m benches.gpu_smoke graph (FCN-8s training step in a CUDA graph)
+  cost        python -m benches.gpu_smoke cost (the every-call diagonal check's share of
+              an FCN-8s VGG16 training step, from the CUDA profiler)
   bench       python -m benches.report -k cuda --markdown
   variants    each runtime switch of VARIANTS, each value, its CUDA benchmarks: which wins
 
@@ -77,6 +79,7 @@ LIMITS = {
     "racecheck": 90,
     "sync": 45,
     "graph": 45,
+    "cost": 45,
     "bench": 120,
     "variants": 150,
 }
@@ -169,7 +172,7 @@ def steps(ctx):
         cmd = [sanitizer or "compute-sanitizer", "--tool", tool, "--error-exitcode", "3"]
         reason = no_gpu or (None if sanitizer else "compute-sanitizer not found")
         yield tool, cmd + smoke + ["ops"], None, reason
-    for what in ("sync", "graph"):
+    for what in ("sync", "graph", "cost"):
         yield what, smoke + [what] + (["--emulate"] if emu else []), None, no_gpu
     # Rehearsal: the CUDA benchmarks skip without a GPU; this runs the report's plumbing.
     report = [python, "-m", "benches.report", "-k", "cuda", "--markdown"]

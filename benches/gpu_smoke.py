@@ -8,11 +8,16 @@ compute-sanitizer, so they stay small):
                                            (torch.cuda.set_sync_debug_mode("error"))
     python -m benches.gpu_smoke graph      a whole FCN-8s training step captured in a CUDA
                                            graph and replayed
+    python -m benches.gpu_smoke cost       what the diagonal check (run on every call, never
+                                           cached) costs in an FCN-8s training step: its
+                                           launches and share of the step's GPU time
 
     --emulate   run on the CPU through the emulated CUDA code (fcn_kernels.testing), for
                 the rehearsal and the kernel-coverage test: ops as on the GPU; sync with a
                 recording stand-in for the debug mode; graph as eager steps with the
-                launcher reporting a capture (the code paths that avoid host syncs).
+                launcher reporting a capture (the code paths that avoid host syncs); cost
+                on a small FCN-8s, with the emulator's launches as the profiler's events
+                (counts are a GPU's, times are not).
 
 Each prints one line per check and exits non-zero on the first failure. Without a GPU
 (and without --emulate) it prints "skipped: no CUDA device" and exits 0.
@@ -298,11 +303,79 @@ def check_graph(dev="cuda"):
     )
 
 
+# The diagonal check's kernel: its name in a GPU profile (the functor's type inside the
+# launcher's kernel template) and in an emulated one (the launch's name).
+CHECK_KERNEL = {"cuda": "DiagCheckKernel", "emulated": "deconv_diag_check"}
+
+
+def _self_device_us(event):
+    # self_device_time_total since torch 2.4; self_cuda_time_total before (deprecated)
+    us = getattr(event, "self_device_time_total", None)
+    return us if us is not None else event.self_cuda_time_total
+
+
+def check_cost(dev="cuda"):
+    """One FCN-8s training step (forward + backward, fused ops) after a warm-up, under
+    torch.profiler. The frozen final upsampling runs the gather path, so the check runs
+    twice (forward, input gradient); prints its launches, its time and the step's, and
+    returns (launches, check time, step time) in microseconds. On a GPU: VGG16, 21
+    classes, 1x3x500x500 (FCN's training shape), kernel time. Emulated: the tiny
+    backbone at 64x64, CPU time of the emulated launches (not a GPU figure)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from fcn.models import FCN8s
+
+    gpu = dev == "cuda"
+    torch.manual_seed(0)
+    backbone, classes, size = ("vgg16", 21, 500) if gpu else ("tiny", 5, 64)
+    model = FCN8s(num_classes=classes, backbone=backbone, upsample="fused").to(dev)
+    x = torch.randn(1, 3, size, size, device=dev)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+
+    step()  # warm-up: cuDNN's choices, allocations
+    if gpu:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        with record_function("step"):
+            step()
+        if gpu:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    name = CHECK_KERNEL["cuda" if gpu else "emulated"]
+    if gpu:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        if not kernels:
+            raise AssertionError("the profiler recorded no GPU activity (CUPTI missing?)")
+        step_us = sum(_self_device_us(e) for e in kernels)
+        check = [e for e in kernels if name in e.key]
+        check_us = sum(_self_device_us(e) for e in check)
+    else:
+        step_us = sum(e.cpu_time_total for e in events if e.key == "step")
+        check = [e for e in events if e.key == name]
+        check_us = sum(e.cpu_time_total for e in check)
+    launches = sum(e.count for e in check)
+    if launches == 0:
+        top = sorted(events, key=lambda e: -e.count)[:10]
+        raise AssertionError(f"no {name} in the profile; its most frequent: {[e.key for e in top]}")
+    where = "GPU kernel time" if gpu else "emulated, CPU time: not a GPU figure"
+    print(
+        f"ok   cost  FCN-8s {backbone} 1x3x{size}x{size} training step: diagonal check "
+        f"{launches} launches, {check_us:.1f} us of {step_us:.1f} us "
+        f"({100 * check_us / step_us:.3f} %, {where})",
+        flush=True,
+    )
+    return launches, check_us, step_us
+
+
 def main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     emulate = "--emulate" in args
     what = ([a for a in args if not a.startswith("--")] or ["ops"])[0]
-    checks = {"ops": check_ops, "sync": check_sync, "graph": check_graph}
+    checks = {"ops": check_ops, "sync": check_sync, "graph": check_graph, "cost": check_cost}
     if emulate:
         recorded = []
         kw = {"set_mode": recorded.append, "synchronize": lambda: None} if what == "sync" else {}

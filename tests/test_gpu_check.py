@@ -24,6 +24,7 @@ ORDER = [
     "racecheck",
     "sync",
     "graph",
+    "cost",
     "bench",
     "variants",
 ]
@@ -322,6 +323,32 @@ def test_gpu_smoke_skips_without_gpu_unless_emulated():
         text=True,
     )
     assert out.returncode == 0 and "ok   graph" in out.stdout, out.stdout + out.stderr
+
+
+def test_gpu_smoke_cost_counts_every_call_of_the_diagonal_check(capsys):
+    """The cost step's measurement, emulated: each training step launches the check
+    twice (the frozen final upsampling's forward and input gradient), on every step; the
+    learned upsamplings take ATen's convolution and launch none."""
+    with emulated_cuda():
+        for _ in range(2):
+            launches, check_us, step_us = gpu_smoke.check_cost("cpu")
+            assert launches == 2 and 0 < check_us < step_us
+    out = capsys.readouterr().out
+    assert out.count("ok   cost  FCN-8s tiny 1x3x64x64 training step: diagonal check 2 launches") == 2
+
+
+def test_gpu_smoke_cost_fails_without_the_check(monkeypatch):
+    """A learned final upsampling takes ATen's convolution: no check in the profile, which
+    the cost step reports as a failure naming what it did find."""
+    from fcn.models import FCN8s
+
+    class Learned(FCN8s):
+        def __init__(self, **kw):
+            super().__init__(fixed_final_upsample=False, **kw)
+
+    monkeypatch.setattr("fcn.models.FCN8s", Learned)
+    with emulated_cuda(), pytest.raises(AssertionError, match="no deconv_diag_check"):
+        gpu_smoke.check_cost("cpu")
 
 
 def test_gpu_smoke_ops_fails_on_a_wrong_result(monkeypatch):
