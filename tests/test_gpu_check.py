@@ -334,7 +334,9 @@ def test_gpu_smoke_cost_counts_every_call_of_the_diagonal_check(capsys):
             launches, check_us, step_us = gpu_smoke.check_cost("cpu")
             assert launches == 2 and 0 < check_us < step_us
     out = capsys.readouterr().out
-    assert out.count("ok   cost  FCN-8s tiny 1x3x64x64 training step: diagonal check 2 launches") == 2
+    assert (
+        out.count("ok   cost  FCN-8s tiny 1x3x64x64 training step: diagonal check 2 launches") == 2
+    )
 
 
 def test_gpu_smoke_cost_fails_without_the_check(monkeypatch):
