@@ -114,3 +114,38 @@ def test_forward_sum_backward(benchmark, op, impl):
     case, step = op(impl)
     benchmark.extra_info.update(op=f"{op.__name__[1:]} fwd+sum().backward()", case=case)
     run(benchmark, step, "cpu", rounds=2 if QUICK else 10)
+
+
+def check_cost(size=64, calls=200):
+    """What the fused module's every-call check of the model (fuse.py, FusedModule._graph)
+    costs: the check and graph lookup alone, against the whole fused forward (eval,
+    no_grad) of torchvision's fcn_resnet50, same run; medians in ms."""
+    import statistics
+
+    import torchvision
+
+    from fcn.timing import time_calls
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    fast = fk.fuse(model, (x,))
+    with torch.no_grad():
+        check = statistics.median(time_calls(lambda: fast._graph((x,)), calls, "cpu", 10))
+        forward = statistics.median(time_calls(lambda: fast(x), 20, "cpu", 2))
+    modules = sum(1 for _ in model.modules())
+    print(
+        f"fcn_resnet50 ({modules} modules) 1x3x{size}x{size}: check {check * 1e3:.3f} ms, "
+        f"fused forward {forward * 1e3:.1f} ms, check / forward {100 * check / forward:.2f} %"
+    )
+    return check, forward
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=check_cost.__doc__)
+    p.add_argument("--check-cost", action="store_true", required=True)
+    p.add_argument("--size", type=int, default=64, help="input H = W")
+    check_cost(p.parse_args().size)

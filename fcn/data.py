@@ -268,6 +268,8 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], i])
         item = render_synthetic(rng, self.size)
         if self._cache is not None:
+            for a in item:  # a caller's in-place write must not change later epochs
+                a.setflags(write=False)
             self._cache[i] = item
         return item
 

@@ -74,41 +74,53 @@ class FusedModule(nn.Module):
 
     def __init__(self, model, example_inputs, dynamic_shapes, strict, capture):
         super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, p in model._parameters.items():
-            if p is not None:
-                self.register_parameter(name, p)
-        for name, b in model._buffers.items():
-            if b is not None:
-                self.register_buffer(
-                    name, b, persistent=name not in model._non_persistent_buffers_set
-                )
+        # The original's own dictionaries, not copies: whatever is assigned later to
+        # either module (a replaced layer, load_state_dict(assign=True)) is the other's.
+        for name in ("_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"):
+            object.__setattr__(self, name, getattr(model, name))
         object.__setattr__(self, "_original", model)  # not a child: no duplicate keys
         try:  # forward's signature, so that dynamic_shapes given as for the model apply
             self._signature = inspect.signature(model.forward)
         except (TypeError, ValueError):
             self._signature = None
         self._capture_args = (example_inputs, dynamic_shapes, strict, capture)
-        self._graphs = {}  # _key() (the modules' train flags; None for torch.fx) -> graph
+        self._graphs = {}  # the modules' train flags (None for torch.fx) -> graph
+        self._seen = None  # the model's _State the graphs were captured or bound with
         self.capture = None  # "export" or "fx"
         self.rewrites = []
         self.training = model.training
         self._graph()
 
-    def _key(self):
-        """Which graph runs: export bakes each module's train/eval behaviour in, so one
-        graph per combination of the modules' flags (a frozen batch norm in a training
-        model is its own combination); torch.fx's graph calls the modules (one graph)."""
-        if self.capture == "fx":
-            return None
-        return tuple(m.training for m in self._original.modules())
-
-    def _graph(self):
-        if self._key() not in self._graphs:
-            gm, self.capture, rewrites = _capture(self._original, *self._capture_args)
+    def _graph(self, args=None):
+        """The graph for the model as it is now, for the call's positional inputs
+        ``args`` (the example inputs where None), checked on every call (a cache may
+        change speed, never a result): a module replaced or added, or a module's
+        attribute changed (``conv.padding = 2``, ``dropout.p = 0.3``), means capturing
+        again; a parameter or buffer replaced (setattr, load_state_dict(assign=True)),
+        binding it; for an export graph, which records them, a dtype, device or shape
+        changed (``.data = ...``) means capturing again too. Export bakes each module's
+        train/eval behaviour in: one graph per combination of the modules' flags (a
+        frozen batch norm in a training model is its own combination); torch.fx's graph
+        calls the modules (one graph). A capture made during a call starts from the
+        call's inputs, which have the dtypes and devices the model has now."""
+        now = _State(self._original, meta=self.capture != "fx")
+        seen, self._seen = self._seen, now
+        if seen is not None and not now.same_modules(seen):
+            self._graphs.clear()
+        elif seen is not None and self.capture == "export" and now.meta != seen.meta:
+            self._graphs.clear()
+        elif seen is not None and not now.same_tensors(seen):
+            for gm in self._graphs.values():
+                self._bind(gm)
+        key = None if self.capture == "fx" else now.flags
+        if key not in self._graphs:
+            examples, *rest = self._capture_args
+            if args is not None and len(args) == len(examples):
+                examples = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+            gm, self.capture, rewrites = _capture(self._original, examples, *rest)
             self._bind(gm)
-            self._graphs[self._key()] = gm
+            key = None if self.capture == "fx" else now.flags
+            self._graphs[key] = gm
             if not self.rewrites:
                 self.rewrites = rewrites
                 log.info(
@@ -117,11 +129,11 @@ class FusedModule(nn.Module):
                     len(rewrites),
                     "; ".join(rewrites) or "none",
                 )
-        return self._graphs[self._key()]
+        return self._graphs[key]
 
     def _bind(self, gm):
         """Points the graph module's parameters and buffers at the original's objects
-        (after capture, and after .to()/.half() replace buffers)."""
+        (after capture, and whenever the original's are replaced)."""
         m = self._original
         for kind, items in (
             ("_parameters", m.named_parameters(remove_duplicate=False)),
@@ -144,26 +156,6 @@ class FusedModule(nn.Module):
         self._original.train(mode)
         return self
 
-    def _apply(self, fn, *args, **kwargs):
-        before = _placement(self._original)
-        super()._apply(fn, *args, **kwargs)
-        for name, p in self._parameters.items():
-            self._original._parameters[name] = p
-        for name, b in self._buffers.items():
-            self._original._buffers[name] = b
-        examples, *rest = self._capture_args
-        self._capture_args = (
-            tuple(fn(t) if isinstance(t, torch.Tensor) else t for t in examples),
-            *rest,
-        )
-        if self.capture == "export" and _placement(self._original) != before:
-            # An export graph records dtypes and devices (asserts, factory calls):
-            # capture again, from the converted example, on the next call.
-            self._graphs.clear()
-        for gm in self._graphs.values():
-            self._bind(gm)
-        return self
-
     @property
     def forward(self):
         """Calls the captured graph; has the original forward's signature (a property,
@@ -171,7 +163,7 @@ class FusedModule(nn.Module):
         torch.onnx.export read it, gives it)."""
 
         def forward(*args, **kwargs):
-            return self._graph()(*args, **kwargs)
+            return self._graph(None if kwargs else args)(*args, **kwargs)
 
         if self._signature is not None:
             forward.__signature__ = self._signature
@@ -181,10 +173,47 @@ class FusedModule(nn.Module):
         return f"capture={self.capture!r}, rewrites={len(self.rewrites)}"
 
 
-def _placement(model):
-    """The dtypes and devices of a model's parameters and buffers."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return [(t.dtype, t.device) for t in tensors]
+class _State:
+    """What a captured graph takes from the model besides its inputs: the modules (the
+    objects, their train flags and their other attributes: a layer's stride, a dropout's
+    p), and their parameters and buffers (the objects, and their dtypes, devices and
+    shapes, which ``.data = ...`` changes in place)."""
+
+    def __init__(self, model, meta):
+        # model.modules() without its generators and names (this runs on every call)
+        self.modules, seen, todo = [], set(), [model]
+        while todo:
+            m = todo.pop()
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                self.modules.append(m)
+                todo += reversed(m._modules.values())
+        self.flags = tuple(m.training for m in self.modules)
+        self.attrs = [m.__dict__.copy() for m in self.modules]
+        for a in self.attrs:
+            del a["training"]  # a graph per mode: a mode change is not a change
+        self.tensors = []
+        for m in self.modules:
+            self.tensors += m._parameters.values()
+            self.tensors += m._buffers.values()
+        self.meta = meta and [
+            None if t is None else (t.dtype, t.device, t.shape) for t in self.tensors
+        ]
+
+    def same_modules(self, other):
+        if len(self.modules) != len(other.modules):
+            return False
+        if not all(map(operator.is_, self.modules, other.modules)):
+            return False
+        try:  # equal values (the same object is equal without being compared)
+            return self.attrs == other.attrs
+        except Exception:  # noqa: BLE001 (values that cannot be compared: a change)
+            return False
+
+    def same_tensors(self, other):
+        return len(self.tensors) == len(other.tensors) and all(
+            map(operator.is_, self.tensors, other.tensors)
+        )
 
 
 # --- capture --------------------------------------------------------------------------

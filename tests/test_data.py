@@ -35,6 +35,23 @@ def test_synthetic_deterministic_and_varied():
     np.testing.assert_array_equal(SyntheticSegmentation(10, 48, 3).raw(2)[1], a.raw(2)[1])
 
 
+def test_synthetic_cache_cannot_be_written_through():
+    """The cache keeps what raw(i) returns: a caller's in-place write (an augmentation
+    on the array) raises instead of changing image i for every later epoch."""
+    d = SyntheticSegmentation(2, size=32, seed=1)
+    img, lab = d.raw(0)
+    with pytest.raises(ValueError, match="read-only"):
+        img[0, 0] = 7
+    with pytest.raises(ValueError, match="read-only"):
+        lab += 1
+    fresh = SyntheticSegmentation(2, size=32, seed=1, cache=False).raw(0)
+    np.testing.assert_array_equal(d.raw(0)[0], fresh[0])
+    x, y = d[0]
+    x.add_(1)  # what __getitem__ returns is the caller's own
+    y.zero_()
+    np.testing.assert_array_equal(d.raw(0)[1], fresh[1])
+
+
 def test_synthetic_content():
     d = SyntheticSegmentation(12, size=(40, 56), seed=0)
     counts = np.zeros(256, int)
