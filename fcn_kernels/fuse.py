@@ -14,14 +14,15 @@ fails) and three ATen patterns are replaced:
   pool that made the indices does).
 
 Everything else is left exactly as captured. The returned module holds the original's
-parameters and buffers (the same objects: training it trains the original) and has its
-state_dict keys; ``.train()`` / ``.eval()`` set the original's mode too. torch.export
-bakes train/eval behaviour (dropout, batch norm) and dtypes into the graph, so the module
-keeps one captured graph per mode (per combination of its modules' flags), capturing on
-the first call in a mode not seen before, and recaptures after a dtype or device change
-(``.double()``, ``.to("cuda")``). The graph holds the operations the example ran, not the
-model's Python: input checks the model makes in Python (e.g. "size divisible by 32") are
-not in it.
+submodules, parameters and buffers (the same objects in the same dictionaries: training
+it trains the original) and has its state_dict keys; ``.train()`` / ``.eval()`` set the
+original's mode too. torch.export bakes train/eval behaviour (dropout, batch norm) and
+dtypes into the graph, so the module keeps one captured graph per mode (per combination
+of its modules' flags), capturing on the first call in a mode not seen before. Every
+call checks the model against what its graphs were made from and follows any change
+(FusedModule._graph): a captured graph may change speed, never a result. The graph
+holds the operations the example ran, not the model's Python: input checks the model
+makes in Python (e.g. "size divisible by 32") are not in it.
 """
 
 import inspect
