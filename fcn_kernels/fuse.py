@@ -106,11 +106,11 @@ class FusedModule(nn.Module):
         call's inputs, which have the dtypes and devices the model has now."""
         now = _State(self._original, meta=self.capture != "fx")
         seen, self._seen = self._seen, now
-        if seen is not None and not now.same_modules(seen):
+        changed = seen and now.changed(seen, self.capture == "export")
+        if changed:
+            log.info("fcn_kernels.fuse: capturing again: %s", changed)
             self._graphs.clear()
-        elif seen is not None and self.capture == "export" and now.meta != seen.meta:
-            self._graphs.clear()
-        elif seen is not None and not now.same_tensors(seen):
+        elif seen and not now.same_tensors(seen):
             for gm in self._graphs.values():
                 self._bind(gm)
         key = None if self.capture == "fx" else now.flags
@@ -122,6 +122,8 @@ class FusedModule(nn.Module):
             self._bind(gm)
             key = None if self.capture == "fx" else now.flags
             self._graphs[key] = gm
+            # What tracing left (a forward that sets attributes): the next call's baseline.
+            self._seen = _State(self._original, meta=self.capture != "fx")
             if not self.rewrites:
                 self.rewrites = rewrites
                 log.info(
@@ -201,20 +203,39 @@ class _State:
             None if t is None else (t.dtype, t.device, t.shape) for t in self.tensors
         ]
 
-    def same_modules(self, other):
-        if len(self.modules) != len(other.modules):
-            return False
-        if not all(map(operator.is_, self.modules, other.modules)):
-            return False
+    def changed(self, old, export):
+        """Why a graph made when the model was ``old`` no longer fits it; None if it does."""
+        if len(self.modules) != len(old.modules) or not all(
+            map(operator.is_, self.modules, old.modules)
+        ):
+            return "a module was replaced, added or removed"
         try:  # equal values (the same object is equal without being compared)
-            return self.attrs == other.attrs
+            same = self.attrs == old.attrs
         except Exception:  # noqa: BLE001 (values that cannot be compared: a change)
-            return False
+            same = False
+        if not same:
+            for m, now, was in zip(self.modules, self.attrs, old.attrs):
+                for k in now.keys() | was.keys():
+                    if k not in now or k not in was or _differs(now[k], was[k]):
+                        return f"attribute {k!r} of a {type(m).__name__} changed"
+            return "a module's attribute changed"
+        if export and self.meta != old.meta:
+            return "a parameter's or buffer's dtype, device or shape changed"
+        return None
 
     def same_tensors(self, other):
         return len(self.tensors) == len(other.tensors) and all(
             map(operator.is_, self.tensors, other.tensors)
         )
+
+
+def _differs(a, b):
+    if a is b:
+        return False
+    try:
+        return not bool(a == b)
+    except Exception:  # noqa: BLE001 (cannot be compared: a tensor, say)
+        return True
 
 
 # --- capture --------------------------------------------------------------------------

@@ -183,3 +183,33 @@ def test_uncomparable_attribute_counts_as_a_change(monkeypatch):
     model.bn.note = Opaque()
     assert_follows(fast, model, x)
     assert len(calls) == 2
+
+
+class RemembersItsInput(Small):
+    """A forward that stores an attribute (as models that keep their last feature map
+    for visualisation do): tracing sets it, the graph does not."""
+
+    def forward(self, x):
+        self.last_input = x
+        return super().forward(x)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attribute self.last_input was assigned")
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_attributes_set_by_the_traced_forward_are_not_changes(capture, monkeypatch, caplog):
+    torch.manual_seed(0)
+    model = RemembersItsInput().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    fast = fk.fuse(model, (x,), capture=capture)
+    calls = []
+    real = fuse_module._capture
+    monkeypatch.setattr(fuse_module, "_capture", lambda *a: calls.append(1) or real(*a))
+    for _ in range(3):
+        fast(x)
+    assert calls == []
+    model.drop.p = 0.25  # a real change: captured again once, and the log says why
+    with caplog.at_level("INFO", logger="fcn_kernels.fuse"):
+        for _ in range(3):
+            fast(x)
+    assert calls == [1]
+    assert "capturing again: attribute 'p' of a Dropout changed" in caplog.text
