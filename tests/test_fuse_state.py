@@ -50,6 +50,13 @@ def fused(capture, mode="eval"):
     return fast, model, x
 
 
+def count_captures(monkeypatch):
+    """A list that gets one entry per capture fuse makes from now on."""
+    calls, real = [], fuse_module._capture
+    monkeypatch.setattr(fuse_module, "_capture", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 def assert_follows(fast, model, x):
     with torch.no_grad():
         got, want = fast(x), model(x)
@@ -150,9 +157,7 @@ def test_mode_switches_reuse_the_graphs(monkeypatch):
     """Checking on every call costs no capture: train/eval flips reuse their graphs, and
     an unchanged model is never captured again."""
     fast, model, x = fused("export")
-    calls = []
-    real = fuse_module._capture
-    monkeypatch.setattr(fuse_module, "_capture", lambda *a: calls.append(1) or real(*a))
+    calls = count_captures(monkeypatch)
     for _ in range(3):
         fast.train()
         fast(x)
@@ -175,9 +180,7 @@ def test_uncomparable_attribute_counts_as_a_change(monkeypatch):
     fast, model, x = fused("export")
     model.bn.extra = torch.zeros(3)
     fast(x)
-    calls = []
-    real = fuse_module._capture
-    monkeypatch.setattr(fuse_module, "_capture", lambda *a: calls.append(1) or real(*a))
+    calls = count_captures(monkeypatch)
     model.bn.extra = torch.ones(3)  # comparing would raise: captured again
     assert_follows(fast, model, x)
     model.bn.note = Opaque()
@@ -201,9 +204,7 @@ def test_attributes_set_by_the_traced_forward_are_not_changes(capture, monkeypat
     model = RemembersItsInput().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     fast = fk.fuse(model, (x,), capture=capture)
-    calls = []
-    real = fuse_module._capture
-    monkeypatch.setattr(fuse_module, "_capture", lambda *a: calls.append(1) or real(*a))
+    calls = count_captures(monkeypatch)
     for _ in range(3):
         fast(x)
     assert calls == []
