@@ -308,12 +308,6 @@ def check_graph(dev="cuda"):
 CHECK_KERNEL = {"cuda": "DiagCheckKernel", "emulated": "deconv_diag_check"}
 
 
-def _self_device_us(event):
-    # self_device_time_total since torch 2.4; self_cuda_time_total before (deprecated)
-    us = getattr(event, "self_device_time_total", None)
-    return us if us is not None else event.self_cuda_time_total
-
-
 def check_cost(dev="cuda"):
     """One FCN-8s training step (forward + backward, fused ops) after a warm-up, under
     torch.profiler. The frozen final upsampling runs the gather path, so the check runs
@@ -350,9 +344,9 @@ def check_cost(dev="cuda"):
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         if not kernels:
             raise AssertionError("the profiler recorded no GPU activity (CUPTI missing?)")
-        step_us = sum(_self_device_us(e) for e in kernels)
+        step_us = sum(e.self_device_time_total for e in kernels)
         check = [e for e in kernels if name in e.key]
-        check_us = sum(_self_device_us(e) for e in check)
+        check_us = sum(e.self_device_time_total for e in check)
     else:
         step_us = sum(e.cpu_time_total for e in events if e.key == "step")
         check = [e for e in events if e.key == name]
